@@ -1,0 +1,70 @@
+"""Build hooks: generate protobuf/gRPC modules and mypy stubs from ``protos/`` before packaging.
+
+``pip install .``, ``pip install -e .`` and wheel builds all run ``build_py``; ``python setup.py gen_protos``
+regenerates in place for development.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import Command, setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).parent.resolve()
+PROTOS = ROOT / "protos"
+
+
+def _plugin(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    return f"--plugin={name}={found}"
+
+
+def generate_protos() -> None:
+    from grpc_tools import protoc  # build-time dependency only
+
+    include = Path(protoc.__file__).parent / "_proto"
+    sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{include}",
+        f"--python_out={ROOT}",
+        f"--grpc_python_out={ROOT}",
+        f"--mypy_out={ROOT}",
+        f"--mypy_grpc_out={ROOT}",
+        _plugin("protoc-gen-mypy"),
+        _plugin("protoc-gen-mypy_grpc"),
+        *sources,
+    ]
+    cwd = os.getcwd()
+    os.chdir(PROTOS)
+    try:
+        if protoc.main(args) != 0:
+            raise RuntimeError("protoc failed on " + ", ".join(sources))
+    finally:
+        os.chdir(cwd)
+
+
+class GenProtos(Command):
+    description = "generate *_pb2 modules and stubs from protos/"
+    user_options: list[tuple[str, str | None, str]] = []
+
+    def initialize_options(self) -> None:
+        pass
+
+    def finalize_options(self) -> None:
+        pass
+
+    def run(self) -> None:
+        generate_protos()
+
+
+class BuildPy(build_py):
+    def run(self) -> None:
+        generate_protos()
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildPy, "gen_protos": GenProtos})
