@@ -1,4 +1,25 @@
-"""grpc-helper: versioned gRPC services in a few lines."""
+"""grpc-helper: versioned gRPC services in a few lines.
+
+Host services with ``RpcServer`` (info, health, reflection, API-version checks and debug dumps included),
+call them with ``RpcClient``; the asyncio twins are ``AsyncRpcServer`` and ``AsyncRpcClient``.
+"""
 
 __title__ = "grpc-helper"
 __version__ = "1.0.0"
+
+from grpc_helper.api.common_pb2 import ResultCode
+from grpc_helper.client import RpcClient
+from grpc_helper.descriptor import RpcServiceDescriptor
+from grpc_helper.errors import RpcException
+from grpc_helper.manager import RpcManager
+from grpc_helper.server import RpcServer
+
+__all__ = [
+    "ResultCode",
+    "RpcClient",
+    "RpcException",
+    "RpcManager",
+    "RpcServer",
+    "RpcServiceDescriptor",
+    "__version__",
+]

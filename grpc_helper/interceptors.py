@@ -1,0 +1,163 @@
+"""The server interceptor: API-version checks, error mapping and call tracking for every call.
+
+Per-method data (API range, wrapped handler) is computed once; per call the interceptor does one metadata
+scan and one dict lookup. The checks and translations are shared with the asyncio interceptor in
+``grpc_helper.aio``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from grpc_helper.api.common_pb2 import ResultCode
+from grpc_helper.debug import CallRegistry
+from grpc_helper.descriptor import MethodInfo
+from grpc_helper.errors import RpcException, to_status
+from grpc_helper.metadata import API_VERSION_KEY
+
+_log = logging.getLogger("grpc_helper.server")
+
+
+def version_error(info: MethodInfo | None, metadata: Sequence[tuple[str, Any]] | None) -> RpcException | None:
+    """Why a call's ``api-version`` metadata is refused, or None (calls without it are accepted)."""
+    if info is None:
+        return None
+    for key, value in metadata or ():
+        if key != API_VERSION_KEY:
+            continue
+        try:
+            version = int(value)
+        except ValueError:
+            return RpcException(f"invalid {API_VERSION_KEY} metadata: {value!r}", ResultCode.ERROR_PARAM_INVALID)
+        if version < info.supported_api_version:
+            return RpcException(
+                f"client API version {version} is too old for {info.service} (server accepts "
+                f"{info.supported_api_version}..{info.current_api_version}): upgrade the client",
+                ResultCode.ERROR_API_CLIENT_TOO_OLD,
+            )
+        if version > info.current_api_version:
+            return RpcException(
+                f"client API version {version} is too new for {info.service} (server accepts "
+                f"{info.supported_api_version}..{info.current_api_version}): upgrade the server",
+                ResultCode.ERROR_API_SERVER_TOO_OLD,
+            )
+        return None
+    return None
+
+
+def unexpected_error(method: str, exc: BaseException) -> RpcException:
+    """The INTERNAL error a caller gets for a manager's unexpected exception (logged with its traceback)."""
+    _log.error("unexpected error in %s", method, exc_info=exc)
+    return RpcException(f"{method} failed: {type(exc).__name__}: {exc}", status=grpc.StatusCode.INTERNAL)
+
+
+def adapt_arity(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """Managers may implement a method as ``f(request)``; gRPC always calls ``f(request, context)``."""
+    try:
+        params = [
+            p
+            for p in inspect.signature(behavior).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+    except (TypeError, ValueError):
+        return behavior
+    if len(params) == 1 and params[0].kind != params[0].VAR_POSITIONAL:
+        return lambda request, _context: behavior(request)
+    return behavior
+
+
+_HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def behavior_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream  # type: ignore[no-any-return]
+
+
+def rebuild_handler(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    """A handler of the same shape and serializers as ``handler`` running ``behavior``."""
+    factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    return factory(  # type: ignore[no-any-return, operator]
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, RpcException):
+        context.abort_with_status(to_status(exc))
+    if context.code() not in (None, grpc.StatusCode.OK):  # type: ignore[attr-defined]
+        raise exc  # the manager aborted the call itself: keep its status
+    context.abort_with_status(to_status(unexpected_error(method, exc)))
+
+
+class RpcServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Checks API versions, maps exceptions to statuses and records pending calls, for every call."""
+
+    def __init__(self, methods: dict[str, MethodInfo], calls: CallRegistry) -> None:
+        self._methods = methods
+        self._calls = calls
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method  # type: ignore[attr-defined]
+        error = version_error(self._methods.get(method), details.invocation_metadata)  # type: ignore[attr-defined]
+        if error is not None:
+            return rebuild_handler(handler, _refuse(error))
+        entry = self._wrapped.get(method)
+        if entry is None or entry[0] is not handler:
+            entry = (handler, self._wrap(method, handler))
+            self._wrapped[method] = entry
+        return entry[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        call = adapt_arity(behavior_of(handler))
+        calls = self._calls
+
+        if handler.response_streaming:
+
+            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                key = calls.begin(method, context)
+                try:
+                    yield from call(request, context)
+                except Exception as exc:
+                    _abort(context, method, exc)
+                finally:
+                    calls.end(key)
+
+            return rebuild_handler(handler, streaming)
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            key = calls.begin(method, context)
+            try:
+                return call(request, context)
+            except Exception as exc:
+                _abort(context, method, exc)
+            finally:
+                calls.end(key)
+
+        return rebuild_handler(handler, unary)
+
+
+def _refuse(error: RpcException) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort_with_status(to_status(error))
+
+    return refuse

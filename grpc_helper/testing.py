@@ -1,0 +1,83 @@
+"""pytest plugin (auto-registered through the ``pytest11`` entry point): real servers and clients for tests.
+
+Fixtures:
+
+- ``rpc_server_factory(descriptors, **kwargs)``: an ``RpcServer`` on ``127.0.0.1:0``, shut down at teardown.
+- ``rpc_client_factory(server, stubs=None, **kwargs)``: an ``RpcClient`` to that server (default stubs:
+  every hosted service at its current API version), closed at teardown.
+- ``rpc_dump_folder``: a per-test folder for the servers' debug dumps.
+
+Example::
+
+    def test_get(rpc_server_factory, rpc_client_factory):
+        server = rpc_server_factory([my_descriptor()])
+        client = rpc_client_factory(server, timeout=5)
+        assert client.my.get(Request()).ok
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grpc_helper.client import RpcClient
+from grpc_helper.descriptor import RpcServiceDescriptor
+from grpc_helper.server import RpcServer
+
+ServerFactory = Callable[..., RpcServer]
+ClientFactory = Callable[..., RpcClient]
+
+
+def default_stubs(descriptors: Sequence[RpcServiceDescriptor]) -> dict[str, tuple[type, int]]:
+    """Stubs for every service of ``descriptors`` at their current API version."""
+    return {d.name: (d.client_stub, d.current_api_version) for d in descriptors}
+
+
+@pytest.fixture
+def rpc_dump_folder(tmp_path: Path) -> Path:
+    """Folder receiving the debug dumps of servers made by ``rpc_server_factory``."""
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def rpc_server_factory(rpc_dump_folder: Path) -> Iterator[ServerFactory]:
+    """Start ``RpcServer(0, descriptors, host="127.0.0.1", **kwargs)``; every server is shut down at teardown."""
+    servers: list[RpcServer] = []
+
+    def make(descriptors: Sequence[RpcServiceDescriptor], **kwargs: Any) -> RpcServer:
+        kwargs.setdefault("host", "127.0.0.1")
+        kwargs.setdefault("dump_folder", rpc_dump_folder)
+        server = RpcServer(kwargs.pop("port", 0), descriptors, **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in reversed(servers):
+        server.shutdown()
+
+
+@pytest.fixture
+def rpc_client_factory() -> Iterator[ClientFactory]:
+    """Build ``RpcClient``\\ s to a server (or ``host``/``port`` kwargs); all are closed at teardown."""
+    clients: list[RpcClient] = []
+
+    def make(
+        server: Any = None, stubs: Mapping[str, tuple[type, int]] | None = None, **kwargs: Any
+    ) -> RpcClient:
+        host = kwargs.pop("host", "127.0.0.1")
+        port = kwargs.pop("port", None) or server.port
+        if stubs is None:
+            stubs = default_stubs(server.descriptors)
+        kwargs.setdefault("name", "pytest")
+        client = RpcClient(host, port, stubs, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()

@@ -1,0 +1,97 @@
+"""The sample service used by the core tests: every call shape, errors on demand, blocking on demand."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import sample_pb2  # type: ignore[import-not-found]
+import sample_pb2_grpc  # type: ignore[import-not-found]
+
+import grpc_helper
+from grpc_helper import RpcException, RpcManager, RpcServiceDescriptor
+
+V1, V2, V3 = 1, 2, 3
+
+
+class SampleManager(sample_pb2_grpc.SampleServiceServicer, RpcManager):
+    def __init__(self, fail_load: bool = False) -> None:
+        super().__init__()
+        self.fail_load = fail_load
+        self.loaded = threading.Event()
+        self.stopped = threading.Event()
+        self.entered = threading.Event()  # set when a call with a delay starts
+        self.release = threading.Event()  # set to end delays early
+        self.info_in_load: Any = None
+
+    def load(self) -> None:
+        if self.fail_load:
+            raise RuntimeError("sample load failure")
+        # The auto-client works inside load().
+        self.info_in_load = self.client.info.get(grpc_helper.api.info_pb2.InfoFilter(names=["sample"]))
+        self.loaded.set()
+
+    def shutdown(self) -> None:
+        self.stopped.set()
+
+    def _check(self, request: Any) -> None:
+        if request.rc:
+            raise RpcException(f"asked to fail with {request.rc}", request.rc)
+        if request.crash:
+            raise ZeroDivisionError("sample crash")
+        if request.delay:
+            self.entered.set()
+            self.release.wait(request.delay)
+
+    # Single-parameter form (the server adapts it).
+    def echo(self, request: Any) -> Any:
+        self._check(request)
+        return sample_pb2.Reply(text=request.text)
+
+    def count(self, request: Any, context: Any) -> Iterator[Any]:
+        for i in range(request.count):
+            if i == 1:
+                self._check(request)
+            yield sample_pb2.Reply(text=request.text, index=i)
+
+    def concat(self, requests: Iterator[Any], context: Any) -> Any:
+        texts = []
+        for r in requests:
+            self._check(r)
+            texts.append(r.text)
+        return sample_pb2.Reply(text="".join(texts), index=len(texts))
+
+    def mirror(self, requests: Iterator[Any], context: Any) -> Iterator[Any]:
+        for i, r in enumerate(requests):
+            self._check(r)
+            yield sample_pb2.Reply(text=r.text[::-1], index=i)
+
+
+def sample_descriptor(manager: SampleManager | None = None, api_version: Any = None) -> RpcServiceDescriptor:
+    return RpcServiceDescriptor(
+        grpc_helper,
+        "sample",
+        api_version or sample_pb2.SampleApiVersion,
+        manager or SampleManager(),
+        sample_pb2_grpc.add_SampleServiceServicer_to_server,
+        sample_pb2_grpc.SampleServiceStub,
+    )
+
+
+def stubs(version: int = V3) -> dict[str, tuple[type, int]]:
+    return {"sample": (sample_pb2_grpc.SampleServiceStub, version)}
+
+
+Request = sample_pb2.Request
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
+    """Bounded wait for a state that another thread or process reaches (checked every 10 ms)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
