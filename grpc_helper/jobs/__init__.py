@@ -1,0 +1,50 @@
+"""Job runner service: run Linux processes remotely over mTLS, stream their logs, cgroup limits, durable state.
+
+Host it with :func:`descriptor` in any ``RpcServer`` (mTLS credentials required, see ``grpc_helper.certs``),
+or run ``python -m grpc_helper.jobs serve``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+__title__ = "grpc-helper-jobs"
+__version__ = "1.0.0"
+
+if TYPE_CHECKING:
+    from grpc_helper import RpcServiceDescriptor
+
+__all__ = ["__title__", "__version__", "default_state_dir", "descriptor"]
+
+
+def default_state_dir() -> Path:
+    """$GRPC_HELPER_JOBS_DIR, else ~/.local/state/grpc-helper/jobs."""
+    import os
+
+    env = os.environ.get("GRPC_HELPER_JOBS_DIR")
+    return Path(env) if env else Path.home() / ".local" / "state" / "grpc-helper" / "jobs"
+
+
+def descriptor(state_dir: Path | str, admins: Iterable[str] = (), **options: Any) -> RpcServiceDescriptor:
+    """The Jobs service, ready for ``RpcServer(port, [descriptor(...)], credentials=<mTLS>)``.
+
+    ``state_dir`` holds the SQLite records and log files; ``admins`` are the certificate common names that
+    see every job. ``options`` go to :class:`grpc_helper.jobs.manager.JobsManager` (``cgroups``,
+    ``cgroup_parent``, ``stop_grace``, ``max_running``). Calls without a verified client certificate are
+    refused, so the service stays safe on a plaintext server (it is just unusable there).
+    """
+    import grpc_helper.jobs as package
+    from grpc_helper import RpcServiceDescriptor
+    from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
+    from grpc_helper.jobs.manager import JobsManager
+
+    return RpcServiceDescriptor(
+        package,
+        "jobs",
+        jobs_pb2.JobsApiVersion,
+        JobsManager(state_dir, admins, **options),
+        jobs_pb2_grpc.add_JobsServicer_to_server,
+        jobs_pb2_grpc.JobsStub,
+    )

@@ -1,0 +1,1 @@
+"""Generated Jobs API (protos/grpc_helper/jobs/api/jobs.proto)."""
