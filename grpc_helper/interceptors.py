@@ -101,31 +101,51 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
     context.abort_with_status(to_status(unexpected_error(method, exc)))
 
 
-class RpcServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Checks API versions, maps exceptions to statuses and records pending calls, for every call."""
+class InterceptorCore:
+    """The per-call decision both server interceptors share: refuse on API version, else the cached wrapped handler.
+
+    Subclasses say how to wrap a handler (``_wrap``) and how to refuse a call (``_refuse``).
+    """
 
     def __init__(self, methods: dict[str, MethodInfo], calls: CallRegistry) -> None:
         self._methods = methods
         self._calls = calls
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        details: grpc.HandlerCallDetails,
+    def handler_for(
+        self, handler: grpc.RpcMethodHandler | None, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(details)
         if handler is None:
             return None
         method: str = details.method  # type: ignore[attr-defined]
         error = version_error(self._methods.get(method), details.invocation_metadata)  # type: ignore[attr-defined]
         if error is not None:
-            return rebuild_handler(handler, _refuse(error))
+            return rebuild_handler(handler, self._refuse(error))
         entry = self._wrapped.get(method)
         if entry is None or entry[0] is not handler:
             entry = (handler, self._wrap(method, handler))
             self._wrapped[method] = entry
         return entry[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+    def _refuse(self, error: RpcException) -> Callable[..., Any]:
+        raise NotImplementedError
+
+
+class RpcServerInterceptor(InterceptorCore, grpc.ServerInterceptor):  # type: ignore[misc, type-arg]
+    """Checks API versions, maps exceptions to statuses and records pending calls, for every call."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        return self.handler_for(continuation(details), details)
+
+    def _refuse(self, error: RpcException) -> Callable[..., Any]:
+        return _refuse(error)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         call = adapt_arity(behavior_of(handler))

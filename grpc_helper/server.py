@@ -37,6 +37,7 @@ class ServerCore:
         descriptors: Sequence[RpcServiceDescriptor],
         host: str,
         dump_folder: str | Path,
+        health_servicer: Any = None,
     ) -> None:
         self.info = InfoManager()
         self.descriptors = [info_descriptor(self.info), *descriptors]
@@ -53,7 +54,8 @@ class ServerCore:
         self.methods: dict[str, MethodInfo] = {}
         for d in self.descriptors:
             self.methods.update(d.method_infos())
-        self.health = health.HealthServicer()
+        #: The standard health servicer (``grpc_health.v1.health.aio.HealthServicer`` for asyncio servers).
+        self.health = health_servicer or health.HealthServicer()
         self.service_names = [d.full_name for d in self.descriptors]
         self.shutting_down = False
         self.lock = threading.Lock()
@@ -80,10 +82,14 @@ class ServerCore:
             d.register_method(d.manager, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection([*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    @property
+    def health_names(self) -> list[str]:
+        """Names whose health the server publishes: the whole server ("") and each service."""
+        return ["", *self.service_names]
 
     def set_health(self, status: int) -> None:
-        for name in ["", *self.service_names]:
+        for name in self.health_names:
             self.health.set(name, status)
 
     def managers(self) -> list[Any]:
@@ -148,6 +154,7 @@ class RpcServer:
         self._client: RpcClient | None = None
         self._dumper_registered = False
         core.register_builtin_services(self._server)
+        core.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
             if credentials is None:
                 core.port = self._server.add_insecure_port(core.bind_address)
