@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.errors import RpcException, carries_result, from_rpc_error
@@ -22,12 +23,22 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
-_SHAPES: tuple[tuple[type, bool, bool], ...] = (
-    (grpc.UnaryUnaryMultiCallable, False, False),
-    (grpc.UnaryStreamMultiCallable, False, True),
-    (grpc.StreamUnaryMultiCallable, True, False),
-    (grpc.StreamStreamMultiCallable, True, True),
+#: Multi-callable classes of the sync and asyncio stacks -> (request streaming, response streaming).
+_SHAPES: tuple[tuple[tuple[type, ...], bool, bool], ...] = (
+    ((grpc.UnaryUnaryMultiCallable, grpc.aio.UnaryUnaryMultiCallable), False, False),
+    ((grpc.UnaryStreamMultiCallable, grpc.aio.UnaryStreamMultiCallable), False, True),
+    ((grpc.StreamUnaryMultiCallable, grpc.aio.StreamUnaryMultiCallable), True, False),
+    ((grpc.StreamStreamMultiCallable, grpc.aio.StreamStreamMultiCallable), True, True),
 )
+
+
+def stub_methods(stub: Any) -> Iterator[tuple[str, Any, bool, bool]]:
+    """``(name, multi-callable, request_streaming, response_streaming)`` for each method of a generated stub."""
+    for name, value in vars(stub).items():
+        for classes, request_streaming, response_streaming in _SHAPES:
+            if isinstance(value, classes):
+                yield name, value, request_streaming, response_streaming
+                break
 
 
 def target(host: str, port: int) -> str:
@@ -80,6 +91,42 @@ class _Requests:
         return next(self._it)
 
 
+class ClientCore:
+    """What ``RpcClient`` and ``AsyncRpcClient`` share (no I/O): target, name, retry policy, channel options,
+    per-service metadata, and the decision taken after a failed attempt."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        stubs: Mapping[str, tuple[type, int]],
+        timeout: float,
+        name: str | None,
+        options: Iterable[tuple[str, Any]],
+    ) -> None:
+        self.target = target(host, port)
+        self.name = name or "grpc-helper-client"
+        self.retry = RetryPolicy(timeout)
+        self._options = [*CHANNEL_OPTIONS, *options]
+        #: attribute -> (stub class, metadata sent with each call of that service)
+        self._stub_specs = {
+            attr: (stub_class, client_metadata(int(api_version), self.name)) for attr, (stub_class, api_version) in stubs.items()
+        }
+
+    def _attempts(self) -> Iterator[float]:
+        """One value per attempt: how long to sleep if it fails, -1 once the retry budget is spent."""
+        yield from self.retry.delays()
+        yield -1.0  # sentinel: the budget is spent
+
+    def _retry_delay(self, error: grpc.RpcError, delay: float, replayable: bool, closed: bool) -> float:
+        """After a failed attempt: how long to sleep before retrying, or raise the ``RpcException``."""
+        if not (replayable and self.retry.retryable(error)):
+            raise from_rpc_error(error) from None
+        if delay < 0 or closed:
+            raise self.retry.unreachable(self.target, error) from None
+        return delay
+
+
 class _Method:
     """One method of a service: ``client.<service>.<method>(request, timeout=None, metadata=())``."""
 
@@ -129,7 +176,7 @@ class _Method:
 class _Service:
     """The methods of one stub, as attributes."""
 
-    def __init__(self, name: str, methods: Mapping[str, _Method]) -> None:
+    def __init__(self, name: str, methods: Mapping[str, Any]) -> None:
         self._name = name
         self.__dict__.update(methods)
 
@@ -137,7 +184,7 @@ class _Service:
         return f"<service {self._name}: {', '.join(k for k in self.__dict__ if not k.startswith('_'))}>"
 
 
-class RpcClient:
+class RpcClient(ClientCore):
     """Client to one server: ``client.<name>.<method>(request)`` for each stub of ``stubs``.
 
     :param host: server host name or address.
@@ -169,39 +216,19 @@ class RpcClient:
         credentials: grpc.ChannelCredentials | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target(host, port)
-        self.name = name or "grpc-helper-client"
-        self.retry = RetryPolicy(timeout)
-        all_options = [*CHANNEL_OPTIONS, *options]
+        super().__init__(host, port, stubs, timeout, name, options)
         if credentials is None:
-            self._channel = grpc.insecure_channel(self.target, options=all_options)
+            self._channel = grpc.insecure_channel(self.target, options=self._options)
         else:
-            self._channel = grpc.secure_channel(self.target, credentials, options=all_options)
+            self._channel = grpc.secure_channel(self.target, credentials, options=self._options)
         self._closed = threading.Event()
-        for attr, (stub_class, api_version) in stubs.items():
-            setattr(self, attr, self._service(attr, stub_class(self._channel), client_metadata(int(api_version), self.name)))
-
-    def _service(self, attr: str, stub: Any, metadata: tuple[tuple[str, str], ...]) -> _Service:
-        methods = {}
-        for name, value in vars(stub).items():
-            for shape, request_streaming, response_streaming in _SHAPES:
-                if isinstance(value, shape):
-                    methods[name] = _Method(value, request_streaming, response_streaming, metadata, self)
-                    break
-        return _Service(attr, methods)
-
-    def _attempts(self) -> Iterator[float]:
-        """One value per attempt: how long to sleep if it fails, -1 once the retry budget is spent."""
-        yield from self.retry.delays()
-        yield -1.0  # sentinel: the budget is spent
+        for attr, (stub_class, metadata) in self._stub_specs.items():
+            methods = {n: _Method(c, rs, ss, metadata, self) for n, c, rs, ss in stub_methods(stub_class(self._channel))}
+            setattr(self, attr, _Service(attr, methods))
 
     def _handle(self, error: grpc.RpcError, delay: float, replayable: bool) -> None:
         """After a failed attempt: sleep and return to retry, or raise the ``RpcException``."""
-        if not (replayable and self.retry.retryable(error)):
-            raise from_rpc_error(error) from None
-        if delay < 0 or self._closed.is_set():
-            raise self.retry.unreachable(self.target, error) from None
-        self._closed.wait(delay)
+        self._closed.wait(self._retry_delay(error, delay, replayable, self._closed.is_set()))
 
     def close(self) -> None:
         """Close the channel (calls in progress are cancelled)."""
