@@ -711,7 +711,7 @@ class Scheduler:
                 for worker in list(self._workers.values()):
                     deadline = worker.last_seen + timeout
                     if deadline <= now:
-                        self._worker_gone(worker, f"no heartbeat for {timeout:g}s")
+                        self._worker_gone(worker, f"no heartbeat for {timeout:g}s", lost=True)
                     else:
                         next_check = min(next_check, deadline)
                 self._reaper_cond.wait(max(next_check - now, 0.01))

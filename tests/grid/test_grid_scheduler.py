@@ -169,10 +169,10 @@ def test_blocking_wakeups_and_close() -> None:
     t.join(5)
     out = got[0]
     assert isinstance(out, sched.WorkerOutput) and out.jobs[0].job_id == job_id
-    s.submit("c", KEY, [b"y"])  # stays running: failed at close
-    assert s.close() == 1
+    s.submit("c", KEY, [b"y"])  # x running, y queued: both failed at close
+    assert s.close() == 2
     batch = s.next_results("c", token)
-    assert batch is not None and batch[0].rc == ResultCode.ERROR_STREAM_SHUTDOWN
+    assert batch is not None and [r.rc for r in batch] == [ResultCode.ERROR_STREAM_SHUTDOWN] * 2
     with pytest.raises(GridClosedError):
         s.next_results("c", token)
     with pytest.raises(GridClosedError):
@@ -186,6 +186,8 @@ def test_heartbeat_expiry() -> None:
     s = Scheduler(GridLimits(heartbeat_interval=1, heartbeat_timeout=3), clock=lambda: now[0])
     w = s.register_worker(KEY)
     s.submit("c", KEY, [b"x"])
+    out = s.next_for_worker(w, timeout=0)
+    assert out is not None and len(out.jobs) == 1
     now[0] = 10.0
     s.start()
     try:

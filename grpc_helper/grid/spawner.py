@@ -1,0 +1,131 @@
+"""Worker processes started by the controller (``start_worker``): spawned, listed, stopped at shutdown."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_log = logging.getLogger("grpc_helper.grid.spawner")
+
+#: Handler run by spawned workers of a service without an entry in the handlers mapping.
+DEFAULT_HANDLER = "grpc_helper.grid.handlers:echo"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A parsed ``"<SERVER_ADDRESS> <CLIENT_DESCRIPTION> <SERVICE_ID> <SERVICE_VERSION>"``."""
+
+    address: str
+    description: str
+    service_id: str
+    service_version: str
+
+    @classmethod
+    def parse(cls, command: str) -> WorkerSpec:
+        """Parse the start_worker string (shell quoting allowed, e.g. a description with spaces in quotes)."""
+        try:
+            parts = shlex.split(command)
+        except ValueError as exc:
+            raise ValueError(f"cannot parse {command!r}: {exc}") from None
+        if len(parts) != 4 or not all(parts):
+            raise ValueError(
+                f"expected '<SERVER_ADDRESS> <CLIENT_DESCRIPTION> <SERVICE_ID> <SERVICE_VERSION>', got {command!r}"
+            )
+        return cls(*parts)
+
+
+class WorkerSpawner:
+    """Owns the worker processes it starts; ``stop_all`` terminates them (SIGTERM, then SIGKILL)."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, str] | None = None,
+        *,
+        default_handler: str = DEFAULT_HANDLER,
+        worker_args: Sequence[str] = (),
+        python: str = sys.executable,
+    ) -> None:
+        self.handlers = dict(handlers or {})
+        self.default_handler = default_handler
+        self.worker_args = tuple(worker_args)
+        self.python = python
+        self._lock = threading.Lock()
+        self._procs: list[tuple[WorkerSpec, str, subprocess.Popen[bytes]]] = []
+        self._closed = False
+
+    def handler_for(self, service_id: str) -> str:
+        return self.handlers.get(service_id, self.default_handler)
+
+    def spawn(self, spec: WorkerSpec) -> tuple[int, str]:
+        """Start ``python -m grpc_helper.grid worker ...`` for the spec; returns (pid, handler)."""
+        handler = self.handler_for(spec.service_id)
+        argv = [
+            self.python,
+            "-m",
+            "grpc_helper.grid",
+            "worker",
+            "--endpoint",
+            spec.address,
+            "--description",
+            spec.description,
+            "--service",
+            spec.service_id,
+            "--version",
+            spec.service_version,
+            *self.worker_args,
+            handler,
+        ]
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the grid is shutting down")
+            self._prune()
+            # New session: a Ctrl+C in the server's terminal must not reach workers the manager stops itself.
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+            self._procs.append((spec, handler, proc))
+        _log.info("spawned worker pid %d: %s", proc.pid, shlex.join(argv[2:]))
+        return proc.pid, handler
+
+    def status(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self._prune()
+            return [
+                {
+                    "pid": proc.pid,
+                    "description": spec.description,
+                    "service_id": spec.service_id,
+                    "service_version": spec.service_version,
+                    "handler": handler,
+                    "returncode": proc.poll(),
+                }
+                for spec, handler, proc in self._procs
+            ]
+
+    def stop_all(self, timeout: float = 5.0) -> None:
+        """Terminate every spawned worker still running (they drain on SIGTERM), kill those that linger."""
+        with self._lock:
+            self._closed = True
+            procs = [proc for _, _, proc in self._procs]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _log.warning("worker pid %d did not stop in %gs: killed", proc.pid, timeout)
+                proc.kill()
+                proc.wait()
+
+    def _prune(self) -> None:
+        # poll() reaps exited children (no zombies); keep a few exited entries for status.
+        exited = [entry for entry in self._procs if entry[2].poll() is not None]
+        for entry in exited[:-20]:
+            self._procs.remove(entry)
