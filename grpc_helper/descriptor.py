@@ -6,9 +6,16 @@ import importlib.metadata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+
+if TYPE_CHECKING:  # grpc-stubs makes these generic; grpcio's classes are not subscriptable at run time
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    ServerInterceptor = grpc.ServerInterceptor
 
 
 @dataclass(frozen=True)
@@ -25,9 +32,9 @@ class _HandlerRecorder:
 
     def __init__(self) -> None:
         self.service_name = ""
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.handlers: dict[str, Handler] = {}
 
-    def add_registered_method_handlers(self, service_name: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(self, service_name: str, handlers: Mapping[str, Handler]) -> None:
         self.service_name = service_name
         self.handlers = dict(handlers)
 

@@ -16,7 +16,7 @@ import grpc
 
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.debug import CallRegistry
-from grpc_helper.descriptor import MethodInfo
+from grpc_helper.descriptor import Handler, MethodInfo, ServerInterceptor
 from grpc_helper.errors import RpcException, to_status
 from grpc_helper.metadata import API_VERSION_KEY
 
@@ -79,11 +79,13 @@ _HANDLER_FACTORIES = {
 }
 
 
-def behavior_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream  # type: ignore[no-any-return]
+def behavior_of(handler: Handler) -> Callable[..., Any]:
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    assert behavior is not None, "a method handler has one behavior"
+    return behavior
 
 
-def rebuild_handler(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> grpc.RpcMethodHandler:
+def rebuild_handler(handler: Handler, behavior: Callable[..., Any]) -> Handler:
     """A handler of the same shape and serializers as ``handler`` running ``behavior``."""
     factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
     return factory(  # type: ignore[no-any-return, operator]
@@ -110,11 +112,11 @@ class InterceptorCore:
     def __init__(self, methods: dict[str, MethodInfo], calls: CallRegistry) -> None:
         self._methods = methods
         self._calls = calls
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     def handler_for(
-        self, handler: grpc.RpcMethodHandler | None, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+        self, handler: Handler | None, details: grpc.HandlerCallDetails
+    ) -> Handler | None:
         if handler is None:
             return None
         method: str = details.method  # type: ignore[attr-defined]
@@ -127,27 +129,27 @@ class InterceptorCore:
             self._wrapped[method] = entry
         return entry[1]
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         raise NotImplementedError
 
     def _refuse(self, error: RpcException) -> Callable[..., Any]:
         raise NotImplementedError
 
 
-class RpcServerInterceptor(InterceptorCore, grpc.ServerInterceptor):  # type: ignore[misc, type-arg]
+class RpcServerInterceptor(InterceptorCore, ServerInterceptor):
     """Checks API versions, maps exceptions to statuses and records pending calls, for every call."""
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         return self.handler_for(continuation(details), details)
 
     def _refuse(self, error: RpcException) -> Callable[..., Any]:
         return _refuse(error)
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         call = adapt_arity(behavior_of(handler))
         calls = self._calls
 

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.client import RpcClient
 from grpc_helper.debug import CallRegistry, Usr2Dumper, dump
-from grpc_helper.descriptor import MethodInfo, RpcServiceDescriptor
+from grpc_helper.descriptor import MethodInfo, RpcServiceDescriptor, ServerInterceptor
 from grpc_helper.errors import RpcException
 from grpc_helper.info import InfoManager, info_descriptor
 from grpc_helper.interceptors import RpcServerInterceptor
@@ -138,7 +138,7 @@ class RpcServer:
         credentials: grpc.ServerCredentials | None = None,
         client_credentials: grpc.ChannelCredentials | None = None,
         max_workers: int = 64,
-        interceptors: Sequence[grpc.ServerInterceptor] = (),
+        interceptors: Sequence[ServerInterceptor] = (),
         options: Sequence[tuple[str, Any]] = (),
         dump_folder: str | Path = "/tmp",
     ) -> None:

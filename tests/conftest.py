@@ -1,11 +1,10 @@
-"""Shared test set-up: generates the sample service used by the core tests."""
+"""Shared test set-up: generates the sample service used by the core tests, loads the stack fixtures."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-
-import pytest
 
 HERE = Path(__file__).parent
 GENERATED = HERE / "generated"
@@ -21,8 +20,9 @@ def _generate() -> None:
         raise RuntimeError("cannot generate the sample service")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Generate once, in the controller, before xdist workers start and import it.
-    if not hasattr(config, "workerinput"):
-        _generate()
-    sys.path.insert(0, str(GENERATED))
+# Generate once, in the xdist controller (or a plain run), before workers start and import it.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    _generate()
+sys.path.insert(0, str(GENERATED))
+
+pytest_plugins = ["stacks"]

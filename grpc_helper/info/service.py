@@ -36,7 +36,7 @@ class InfoManager(info_pb2_grpc.InfoServiceServicer, RpcManager):
     def publish(self, descriptors: Sequence[RpcServiceDescriptor]) -> None:
         self._items = {d.name: service_info(d) for d in descriptors}
 
-    def get(self, request: info_pb2.InfoFilter) -> info_pb2.MultiServiceInfo:
+    def get(self, request: info_pb2.InfoFilter, context: object = None) -> info_pb2.MultiServiceInfo:
         unknown = [n for n in request.names if n not in self._items]
         if unknown:
             raise RpcException(

