@@ -139,14 +139,16 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, RpcManager):
     def _recover(self) -> None:
         """Jobs recorded RUNNING belong to a server that died: kill what is left of them, mark them LOST."""
         for rec in self.store.running():
-            killed = 0
-            if rec.boot_id == self._boot_id:
+            victims: set[int] = set()
+            if rec.boot_id == self._boot_id:  # after a reboot, pids and cgroups are someone else's
                 cg = self.cgroups.open(rec.cgroup) if rec.cgroup else None
+                victims = _group_leftovers(rec.pid, rec.start_time) | (cg.pids() if cg else set())
+                if rec.pid > 0 and victims:
+                    signal_group(rec.pid, signal.SIGKILL)
                 if cg is not None:
-                    killed += len(cg.pids())
                     cg.kill_all()
                     cg.remove()
-                killed += _kill_group_leftovers(rec.pid, rec.start_time)
+            killed = len(victims)
             self.store.put(
                 rec.update(
                     state=State.LOST, stopped_by=StopReason.SERVER, end_time=time.time(),
@@ -319,17 +321,15 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, RpcManager):
             yield jobs_pb2.LogChunk(stream=jobs_pb2.STDOUT if stream == STDOUT else jobs_pb2.STDERR, data=data)
 
 
-def _kill_group_leftovers(pgid: int, started: float) -> int:
-    """SIGKILL the processes of group ``pgid`` created since ``started`` (an earlier run's job); how many."""
+def _group_leftovers(pgid: int, started: float) -> set[int]:
+    """Processes of group ``pgid`` created since ``started`` (what is left of an earlier run's job)."""
+    victims: set[int] = set()
     if pgid <= 0:
-        return 0
-    victims = []
+        return victims
     for p in psutil.process_iter(["create_time"]):
         try:
             if os.getpgid(p.pid) == pgid and p.info["create_time"] >= started - 1.0:
-                victims.append(p.pid)
+                victims.add(p.pid)
         except (ProcessLookupError, psutil.Error):
             continue
-    if victims:
-        signal_group(pgid, signal.SIGKILL)
-    return len(victims)
+    return victims

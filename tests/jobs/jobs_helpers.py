@@ -1,0 +1,29 @@
+"""Helpers shared by the job runner tests."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
+
+PY = sys.executable
+STUBS = {"jobs": (jobs_pb2_grpc.JobsStub, jobs_pb2.JOBS_API_CURRENT)}
+
+
+def run(jobs: Any, *argv: str, **fields: Any) -> jobs_pb2.JobStatus:
+    return jobs.Run(jobs_pb2.RunRequest(command=list(argv), **fields))
+
+
+def wait_done(jobs: Any, job_id: str, timeout: float = 20.0) -> jobs_pb2.JobStatus:
+    """Follow the logs to the end (the stream ends when the job ends), then return the final status."""
+    for _ in jobs.Logs(jobs_pb2.LogsRequest(job_id=job_id, follow=True), timeout=timeout):
+        pass
+    return jobs.Status(jobs_pb2.JobRequest(job_id=job_id))
+
+
+def collect(jobs: Any, job_id: str, follow: bool = True, timeout: float = 20.0) -> dict[int, bytes]:
+    out = {jobs_pb2.STDOUT: b"", jobs_pb2.STDERR: b""}
+    for chunk in jobs.Logs(jobs_pb2.LogsRequest(job_id=job_id, follow=follow), timeout=timeout):
+        out[chunk.stream] += chunk.data
+    return out
