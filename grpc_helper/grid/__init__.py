@@ -1,4 +1,36 @@
-"""Compute grid: clients submit opaque jobs, remote workers run them, a controller steers; nothing lost."""
+"""Compute grid: clients submit opaque jobs, remote workers run them, a controller steers; nothing lost.
+
+- ``GridClient`` / ``AsyncGridClient``: submit jobs (bytes) for ``(service_id, version)``, get results.
+- ``GridWorker``: serve one ``(service_id, version)`` with a ``handler(bytes) -> bytes``.
+- ``GridController``: status, stop/start workers, shutdown.
+- ``descriptors(**options)``: the grid services, to host in an ``RpcServer``.
+"""
 
 __title__ = "grpc-helper-grid"
 __version__ = "1.0.0"
+
+from grpc_helper.grid.client import (
+    AsyncGridClient,
+    AsyncJobHandle,
+    GridClient,
+    GridController,
+    JobError,
+    JobHandle,
+)
+from grpc_helper.grid.config import GridLimits
+from grpc_helper.grid.manager import Grid, descriptors
+from grpc_helper.grid.worker import GridWorker
+
+__all__ = [
+    "AsyncGridClient",
+    "AsyncJobHandle",
+    "Grid",
+    "GridClient",
+    "GridController",
+    "GridLimits",
+    "GridWorker",
+    "JobError",
+    "JobHandle",
+    "__version__",
+    "descriptors",
+]

@@ -136,7 +136,7 @@ class _GridManager(RpcManager):
 class GridClientManager(pb_grpc.GridClientServiceServicer, _GridManager):
     """Client role: submit, results stream, get_result, cancel."""
 
-    def submit(self, request: pb.SubmitRequest) -> pb.SubmitResponse:
+    def submit(self, request: pb.SubmitRequest, context: grpc.ServicerContext) -> pb.SubmitResponse:
         with _grid_errors():
             ids = self.scheduler.submit(
                 request.session, (request.service_id, request.service_version), list(request.payloads)
@@ -161,11 +161,11 @@ class GridClientManager(pb_grpc.GridClientServiceServicer, _GridManager):
         finally:
             self.scheduler.close_stream(session, token)
 
-    def get_result(self, request: pb.JobRef) -> pb.JobResult:
+    def get_result(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobResult:
         with _grid_errors():
             return job_result(self.scheduler.get_result(request.job_id, request.session))
 
-    def cancel(self, request: pb.JobRef) -> pb.JobResult:
+    def cancel(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.JobResult:
         with _grid_errors():
             return job_result(self.scheduler.cancel(request.job_id, request.session))
 
@@ -243,15 +243,15 @@ class GridWorkerManager(pb_grpc.GridWorkerServiceServicer, _GridManager):
 class GridControllerManager(pb_grpc.GridControllerServiceServicer, _GridManager):
     """Controller role: status, stop_worker, start_worker, shutdown."""
 
-    def status(self, request: pb.StatusRequest) -> pb.StatusResponse:
+    def status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
         return pb.StatusResponse(json=json.dumps(self.grid.status()))
 
-    def stop_worker(self, request: pb.WorkerRef) -> pb.StatusResponse:
+    def stop_worker(self, request: pb.WorkerRef, context: grpc.ServicerContext) -> pb.StatusResponse:
         with _grid_errors():
             worker = self.scheduler.stop_worker(request.worker_id)
         return pb.StatusResponse(json=json.dumps({"worker_id": worker.id, "state": worker.state.value}))
 
-    def start_worker(self, request: pb.StartWorkerRequest) -> pb.StartWorkerResponse:
+    def start_worker(self, request: pb.StartWorkerRequest, context: grpc.ServicerContext) -> pb.StartWorkerResponse:
         try:
             spec = WorkerSpec.parse(request.command)
         except ValueError as exc:
@@ -264,7 +264,7 @@ class GridControllerManager(pb_grpc.GridControllerServiceServicer, _GridManager)
             raise RpcException(f"cannot start worker: {exc}", ResultCode.ERROR_STATE_UNEXPECTED) from None
         return pb.StartWorkerResponse(pid=pid, handler=handler)
 
-    def shutdown(self, request: pb.ShutdownRequest) -> pb.ShutdownResponse:
+    def shutdown_server(self, request: pb.ShutdownRequest, context: grpc.ServicerContext) -> pb.ShutdownResponse:
         if self.scheduler.closed:
             raise RpcException("grid is already shut down", ResultCode.ERROR_STATE_UNEXPECTED)
         delay = request.delay if request.delay > 0 else self.grid.limits.shutdown_delay
