@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +152,7 @@ class RpcServer:
             options=core.options(options),
         )
         self._terminated = threading.Event()
+        self._wake = threading.Event()  # a stop request (signal) or a completed shutdown
         self._loaded: list[Any] = []
         self._client: RpcClient | None = None
         self._dumper_registered = False
@@ -223,6 +226,28 @@ class RpcServer:
             Usr2Dumper.unregister(id(self))
         self._executor.shutdown(wait=True)
         self._terminated.set()
+        self._wake.set()
+
+    def serve_forever(self, grace: float | None = 5.0) -> None:
+        """Serve until SIGINT/SIGTERM (or ``shutdown()`` from elsewhere), then shut down with ``grace``.
+
+        A second signal during shutdown exits the process at once. Call it from the main thread::
+
+            RpcServer(50051, [descriptor]).serve_forever()
+        """
+        def on_signal(signum: int, _frame: Any) -> None:
+            if self._wake.is_set():
+                os._exit(128 + signum)
+            _log.info("signal %d: shutting down (again to exit at once)", signum)
+            self._wake.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._wake.wait()
+            self.shutdown(grace)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until ``shutdown()`` completed (True) or ``timeout`` expired (False)."""

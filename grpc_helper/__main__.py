@@ -1,0 +1,80 @@
+"""``python -m grpc_helper serve``: a server hosting every bundled service until Ctrl+C.
+
+    python -m grpc_helper serve [--host 127.0.0.1] [--port 50051] [--port-file F] [--tls-dir DIR | --insecure]
+
+Hosts the info, health and reflection services, the job runner (``grpc_helper.jobs``) and the compute grid
+(``grpc_helper.grid``). With TLS (the default) the server requires client certificates signed by the CA
+of ``--tls-dir`` (created with a client for the current user on first use, see ``python -m grpc_helper.certs``);
+the job runner only answers such clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from grpc_helper import RpcException, RpcServer, certs, jobs
+from grpc_helper.info.__main__ import DEFAULT_PORT
+
+AUTO_CLIENT = "auto-client"
+
+
+def serve(args: argparse.Namespace) -> int:
+    admins = set(args.admin)
+    credentials = client_credentials = None
+    if not args.insecure:
+        tls_dir = Path(args.tls_dir)
+        if not (tls_dir / "ca.pem").exists():
+            certs.init(tls_dir, admins=[certs.default_client()])
+            print(f"created TLS material in {tls_dir} (admin: {certs.default_client()})", flush=True)
+        # The server's own auto-client needs a key pair too (created once, beside the others).
+        certs.init(tls_dir, clients=[AUTO_CLIENT])
+        credentials = certs.server_credentials(tls_dir)
+        client_credentials = certs.channel_credentials(tls_dir, AUTO_CLIENT)
+        admins |= certs.admins_of(tls_dir)
+    descriptors = [jobs.descriptor(Path(args.state_dir) / "jobs", admins=admins)]
+    try:
+        server = RpcServer(
+            args.port,
+            descriptors,
+            host=args.host,
+            credentials=credentials,
+            client_credentials=client_credentials,
+            max_workers=args.workers,
+        )
+    except RpcException as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.port_file:
+        Path(args.port_file).write_text(f"{server.port}\n")
+    names = ", ".join(d.name for d in server.descriptors)
+    print(f"serving {names} on {args.host}:{server.port} ({'plaintext' if args.insecure else 'mTLS'}); Ctrl+C stops", flush=True)
+    server.serve_forever(grace=args.grace)
+    print("stopped", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grpc_helper", description="grpc-helper commands")
+    commands = parser.add_subparsers(dest="command", required=True)
+    s = commands.add_parser("serve", help="serve every bundled service until Ctrl+C")
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="port, 0 for any free one (default: %(default)s)")
+    s.add_argument("--port-file", help="write the bound port to this file once serving")
+    s.add_argument("--tls-dir", default=str(certs.default_dir()), help="CA and certificates (default: %(default)s)")
+    s.add_argument("--insecure", action="store_true", help="plaintext (the job runner then refuses every call)")
+    s.add_argument("--state-dir", default=str(jobs.default_state_dir().parent), help="service state (default: %(default)s)")
+    s.add_argument("--admin", action="append", default=[], help="identity allowed to see every job (repeatable)")
+    s.add_argument("--workers", type=int, default=256, help="server threads; each open stream holds one")
+    s.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
+    s.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
