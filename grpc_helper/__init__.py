@@ -7,6 +7,7 @@ call them with ``RpcClient``; the asyncio twins are ``AsyncRpcServer`` and ``Asy
 __title__ = "grpc-helper"
 __version__ = "1.0.0"
 
+from grpc_helper.aio import AsyncRpcClient, AsyncRpcManager, AsyncRpcServer
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor
@@ -15,6 +16,9 @@ from grpc_helper.manager import RpcManager
 from grpc_helper.server import RpcServer
 
 __all__ = [
+    "AsyncRpcClient",
+    "AsyncRpcManager",
+    "AsyncRpcServer",
     "ResultCode",
     "RpcClient",
     "RpcException",

@@ -1,0 +1,118 @@
+"""The asyncio server interceptor: the same API-version checks, error mapping and call tracking as the sync one.
+
+The decision per call (version check, cached wrapped handler) is ``InterceptorCore``'s; only the wrapping of
+behaviors differs: ``async def`` methods are awaited, async generators re-yielded. Plain ``def`` methods
+(the info service, a generated servicer's UNIMPLEMENTED defaults) run on the event loop: they must not block.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+
+from grpc_helper.descriptor import Handler
+from grpc_helper.errors import RpcException, to_status
+from grpc_helper.interceptors import InterceptorCore, adapt_arity, behavior_of, rebuild_handler, unexpected_error
+
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    Context = grpc.aio.ServicerContext[Any, Any]
+    AioServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Context = grpc.aio.ServicerContext
+    AioServerInterceptor = grpc.aio.ServerInterceptor
+
+
+async def _abort(context: Context, method: str, exc: Exception) -> None:
+    """Fail the call with the status carrying ``exc`` (every branch raises ``grpc.aio.AbortError``)."""
+    if isinstance(exc, RpcException):
+        await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+    code = context.code()
+    if code not in (None, grpc.StatusCode.OK):  # the method set a status itself (e.g. UNIMPLEMENTED): keep it
+        await context.abort(code, context.details() or f"{type(exc).__name__}: {exc}")
+    await context.abort_with_status(to_status(unexpected_error(method, exc)))  # type: ignore[attr-defined]
+
+
+class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
+    """Checks API versions, maps exceptions to statuses and records pending calls, for every call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        return self.handler_for(await continuation(details), details)  # type: ignore[return-value]
+
+    def _refuse(self, error: RpcException) -> Callable[..., Any]:
+        status = to_status(error)
+
+        async def refuse(_request: Any, context: Context) -> None:
+            await context.abort_with_status(status)  # type: ignore[attr-defined]
+
+        return refuse
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        behavior = behavior_of(handler)
+        call = adapt_arity(behavior)
+        calls = self._calls
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                key = calls.begin(method, context)
+                try:
+                    async for item in call(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, method, exc)
+                finally:
+                    calls.end(key)
+
+            return rebuild_handler(handler, stream)
+
+        if inspect.iscoroutinefunction(behavior):
+
+            async def coroutine(request: Any, context: Context) -> Any:
+                key = calls.begin(method, context)
+                try:
+                    return await call(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, method, exc)
+                finally:
+                    calls.end(key)
+
+            return rebuild_handler(handler, coroutine)
+
+        if handler.response_streaming:
+
+            async def sync_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                key = calls.begin(method, context)
+                try:
+                    for item in call(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, method, exc)
+                finally:
+                    calls.end(key)
+
+            return rebuild_handler(handler, sync_stream)
+
+        async def sync_unary(request: Any, context: Context) -> Any:
+            key = calls.begin(method, context)
+            try:
+                return call(request, context)
+            except Exception as exc:
+                await _abort(context, method, exc)
+            finally:
+                calls.end(key)
+
+        return rebuild_handler(handler, sync_unary)

@@ -1,0 +1,56 @@
+"""``AsyncRpcManager``: base class for the objects that implement a service hosted by an ``AsyncRpcServer``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grpc_helper.aio.client import AsyncRpcClient
+
+
+class AsyncRpcManager:
+    """Base class for asyncio service implementations hosted by an ``AsyncRpcServer``.
+
+    Combine it with the generated servicer; methods are ``async def`` (unary responses) or async generators
+    (streamed responses), and request streams arrive as async iterators::
+
+        class MyManager(my_pb2_grpc.MyServiceServicer, AsyncRpcManager):
+            async def load(self) -> None:
+                self.items = {}
+
+            async def get(self, request: my_pb2.Key) -> my_pb2.Item:
+                async with self.lock:
+                    return self.items[request.key]
+
+            async def watch(self, request: my_pb2.Key):
+                while True:
+                    yield await self.next_change(request.key)
+
+    Methods take ``(request)`` or ``(request, context)``; raise ``RpcException`` to fail a call with a
+    ``ResultCode``.
+    """
+
+    def __init__(self) -> None:
+        #: Logger named after the manager class.
+        self.logger = logging.getLogger(type(self).__name__)
+        #: Lock protecting the manager's state across awaits (bound to the server's loop on first use).
+        self.lock = asyncio.Lock()
+        self._client: AsyncRpcClient | None = None
+
+    @property
+    def client(self) -> AsyncRpcClient:
+        """The hosting server's ``auto_client`` (to call sibling services); set before ``load()`` runs."""
+        if self._client is None:
+            raise RuntimeError(f"{type(self).__name__} is not hosted by a running server yet")
+        return self._client
+
+    def _attach(self, client: AsyncRpcClient) -> None:
+        self._client = client
+
+    async def load(self) -> None:
+        """Awaited once every service of the server is serving; raise to make ``start()`` fail."""
+
+    async def shutdown(self) -> None:
+        """Awaited at server shutdown, once in-flight calls are finished (or the grace period is over)."""

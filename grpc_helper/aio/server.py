@@ -1,0 +1,191 @@
+"""``AsyncRpcServer``: the asyncio twin of ``RpcServer``, on ``grpc.aio``, sharing its ``ServerCore``."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+
+from grpc_helper.aio.client import AsyncRpcClient
+from grpc_helper.aio.interceptors import AsyncRpcServerInterceptor
+from grpc_helper.aio.manager import AsyncRpcManager
+from grpc_helper.debug import Usr2Dumper
+from grpc_helper.descriptor import RpcServiceDescriptor
+from grpc_helper.server import ServerCore
+
+_log = logging.getLogger("grpc_helper.server")
+
+
+async def _maybe_await(result: Any) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+class AsyncRpcServer:
+    """A ``grpc.aio`` server hosting the services described by ``descriptors``, on the running event loop.
+
+    The same services as ``RpcServer`` are added (info, health, reflection), every call goes through the same
+    API-version check and ``RpcException`` mapping, SIGUSR2 dumps work (when started from the main thread).
+    Managers are ``AsyncRpcManager``\\ s: their methods are ``async def`` (or async generators for streamed
+    replies) and their ``load()``/``shutdown()`` are awaited. Plain ``def`` methods and sync ``load()`` run on
+    the event loop too: they must not block.
+
+    Nothing happens until ``await start()`` (or ``async with``): it binds, serves, then loads the managers
+    (health reports SERVING once they all are). Parameters are ``RpcServer``'s, except ``max_workers``.
+
+    Raises ``RpcException(ResultCode.ERROR_PORT_BUSY)`` from ``start()`` when the port is taken, and whatever
+    a manager's ``load()`` raises (the port is released then).
+
+    Example::
+
+        async with AsyncRpcServer(0, [descriptor], host="127.0.0.1") as server:
+            print(await server.auto_client.my.get(Request()))
+            await server.wait_for_termination()
+    """
+
+    def __init__(
+        self,
+        port: int,
+        descriptors: Sequence[RpcServiceDescriptor],
+        *,
+        host: str = "[::]",
+        credentials: grpc.ServerCredentials | None = None,
+        client_credentials: grpc.ChannelCredentials | None = None,
+        interceptors: Sequence[Any] = (),
+        options: Sequence[tuple[str, Any]] = (),
+        dump_folder: str | Path = "/tmp",
+    ) -> None:
+        self._health: Any = health_aio.HealthServicer()
+        self._core = ServerCore(port, descriptors, host, dump_folder, health_servicer=self._health)
+        self._credentials = credentials
+        self._client_credentials = client_credentials
+        self._interceptors = tuple(interceptors)
+        self._options = options
+        self._server: grpc.aio.Server | None = None
+        self._loaded: list[Any] = []
+        self._client: AsyncRpcClient | None = None
+        self._dumper_registered = False
+        self._terminated: asyncio.Event | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the chosen one when created with port 0); 0 before ``start()``."""
+        return self._core.port
+
+    @property
+    def descriptors(self) -> list[RpcServiceDescriptor]:
+        """Hosted services, the info service first."""
+        return list(self._core.descriptors)
+
+    @property
+    def auto_client(self) -> AsyncRpcClient:
+        """An ``AsyncRpcClient`` to every hosted service (``auto_client.info`` included); set by ``start()``."""
+        if self._client is None:
+            raise RuntimeError("the server is not started")
+        return self._client
+
+    def dump(self) -> Path:
+        """Write a debug dump (thread stacks, pending calls) now; returns its path."""
+        return self._core.dump()
+
+    async def _set_health(self, status: int) -> None:
+        for name in self._core.health_names:
+            await self._health.set(name, status)
+
+    async def start(self) -> None:
+        """Bind, serve, load the managers, then report SERVING. Raises if already started."""
+        if self._server is not None:
+            raise RuntimeError("the server is already started")
+        core = self._core
+        self._terminated = asyncio.Event()
+        server = self._server = grpc.aio.server(
+            interceptors=[AsyncRpcServerInterceptor(core.methods, core.calls), *self._interceptors],
+            options=core.options(self._options),
+        )
+        core.register_builtin_services(server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            if self._credentials is None:
+                core.port = server.add_insecure_port(core.bind_address)
+            else:
+                core.port = server.add_secure_port(core.bind_address, self._credentials)
+        except RuntimeError as exc:
+            cause: Exception | None = exc
+        else:
+            cause = None
+        if cause is not None or core.port == 0:
+            await self.shutdown()
+            raise core.port_busy(cause) from None
+        await server.start()
+        try:
+            self._client = core.make_client(self._client_credentials, AsyncRpcClient)
+            for manager in core.managers():
+                if isinstance(manager, AsyncRpcManager):
+                    manager._attach(self._client)
+                if callable(getattr(manager, "load", None)):
+                    await _maybe_await(manager.load())
+                self._loaded.append(manager)
+        except BaseException:
+            await self.shutdown()
+            raise
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._dumper_registered = Usr2Dumper.register(id(self), core.bind_address, core.dump_folder, core.calls)
+        _log.info("serving %s on %s:%d (asyncio)", ", ".join(d.name for d in core.descriptors), core.host, core.port)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop serving: health NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds
+        (None: cancel them now), await each manager's ``shutdown()``, close ``auto_client``. Idempotent:
+        a second call waits for the first one to complete."""
+        core = self._core
+        with core.lock:
+            first = not core.shutting_down
+            core.shutting_down = True
+        if not first:
+            if self._terminated is not None:
+                await self._terminated.wait()
+            return
+        try:
+            await self._health.enter_graceful_shutdown()
+            if self._server is not None:
+                await self._server.stop(grace)
+            for manager in reversed(self._loaded):
+                try:
+                    if callable(getattr(manager, "shutdown", None)):
+                        await _maybe_await(manager.shutdown())
+                except Exception:
+                    _log.exception("%s.shutdown() failed", type(manager).__name__)
+            if self._client is not None:
+                await self._client.close()
+        finally:
+            if self._dumper_registered:
+                Usr2Dumper.unregister(id(self))
+            if self._terminated is not None:
+                self._terminated.set()
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Wait until ``shutdown()`` completed (True) or ``timeout`` expired (False)."""
+        if self._terminated is None:
+            raise RuntimeError("the server is not started")
+        try:
+            await asyncio.wait_for(self._terminated.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def __aenter__(self) -> AsyncRpcServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
+        await self.shutdown()
