@@ -1,0 +1,157 @@
+"""Core overhead benchmark: grpc-helper servers against bare grpcio, same servicer, side by side.
+
+Each server runs in its own process on 127.0.0.1; this process is the client (a plain grpcio stub sending
+the same metadata to every server, so the version check runs on ours). Rounds alternate between servers
+and the median of each is kept, so machine noise hits both sides alike.
+
+    P1  sequential unary latency, RpcServer ÷ bare grpc.server            (goal <= 1.05)
+    P2  throughput, 32 concurrent callers, RpcServer ÷ bare grpc.server   (goal >= 0.95)
+
+Usage: python bench/core_overhead.py [--calls 2000] [--rounds 5] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from grpc_helper.api import info_pb2, info_pb2_grpc
+from grpc_helper.metadata import client_metadata
+
+#: Server kinds: each starts a server on 127.0.0.1 and returns (port, the object keeping it alive).
+SERVERS: dict[str, Callable[[], tuple[int, object]]] = {}
+
+
+def server(name: str) -> Callable[[Callable[[], tuple[int, object]]], Callable[[], tuple[int, object]]]:
+    def register(start: Callable[[], tuple[int, object]]) -> Callable[[], tuple[int, object]]:
+        SERVERS[name] = start
+        return start
+
+    return register
+
+
+@server("bare")
+def _bare() -> tuple[int, object]:
+    from grpc_helper.info import InfoManager, info_descriptor
+
+    manager = InfoManager()
+    manager.publish([info_descriptor(manager)])
+    srv = grpc.server(ThreadPoolExecutor(64), options=[("grpc.so_reuseport", 0)])
+    info_pb2_grpc.add_InfoServiceServicer_to_server(manager, srv)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    return port, srv
+
+
+@server("ours")
+def _ours() -> tuple[int, object]:
+    from grpc_helper import RpcServer
+
+    srv = RpcServer(0, [], host="127.0.0.1")
+    return srv.port, srv
+
+
+def serve(name: str) -> None:
+    """Child process: start one server, print its port, serve until stdin closes."""
+    port, alive = SERVERS[name]()
+    print(port, flush=True)
+    sys.stdin.read()
+    del alive
+
+
+class Target:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.get = info_pb2_grpc.InfoServiceStub(self.channel).get
+        self.get(info_pb2.InfoFilter(), timeout=10)  # connected and warm
+
+    def close(self) -> None:
+        self.channel.close()
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+REQUEST = info_pb2.InfoFilter()
+METADATA = client_metadata(info_pb2.INFO_API_CURRENT, "bench")
+
+
+def sequential_latency(target: Target, calls: int) -> float:
+    """Mean seconds per call, one call at a time."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        target.get(REQUEST, metadata=METADATA, timeout=10)
+    return (time.perf_counter() - start) / calls
+
+
+def throughput(target: Target, calls: int, concurrency: int) -> float:
+    """Calls per second with `concurrency` threads sharing one channel."""
+    per_thread = max(1, calls // concurrency)
+    barrier = threading.Barrier(concurrency + 1)
+
+    def caller() -> None:
+        barrier.wait()
+        for _ in range(per_thread):
+            target.get(REQUEST, metadata=METADATA, timeout=30)
+
+    threads = [threading.Thread(target=caller) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return per_thread * concurrency / (time.perf_counter() - start)
+
+
+def measure(names: list[str], rounds: int, bench: Callable[[Target], float]) -> dict[str, float]:
+    """Median of `rounds` alternating measurements per server."""
+    targets = [Target(n) for n in names]
+    try:
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(rounds):
+            for t in targets:
+                samples[t.name].append(bench(t))
+        return {n: statistics.median(v) for n, v in samples.items()}
+    finally:
+        for t in targets:
+            t.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    names = list(SERVERS)
+    latency = measure(names, args.rounds, lambda t: sequential_latency(t, args.calls))
+    rate = measure(names, args.rounds, lambda t: throughput(t, args.calls * 2, args.concurrency))
+    print(f"{'server':<12}{'latency (us)':>14}{'calls/s @' + str(args.concurrency):>16}")
+    for n in names:
+        print(f"{n:<12}{latency[n] * 1e6:>14.1f}{rate[n]:>16.0f}")
+    print()
+    print(f"P1 latency    ours / bare = {latency['ours'] / latency['bare']:.3f}   (goal <= 1.05)")
+    print(f"P2 throughput ours / bare = {rate['ours'] / rate['bare']:.3f}   (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
