@@ -131,15 +131,16 @@ class JobProcess:
                 if not data:
                     break
                 report += data
-            if report or proc.poll() is not None:
+            if report:  # EOF without a report: exec succeeded (the command may even have ended already)
                 proc.wait()
                 for pipe in (proc.stdout, proc.stderr):
                     if pipe is not None:
                         pipe.close()
-                if report:
+                try:
                     info = json.loads(report)
                     raise StartError(info["stage"], int(info["errno"]), str(info["error"]))
-                raise StartError("spawn", 0, f"exec helper exited with {proc.returncode}")
+                except (ValueError, KeyError):
+                    raise StartError("spawn", 0, f"exec helper failed: {report[:200]!r}") from None
             return proc
         finally:
             for fd in (spec_r, spec_w, err_w, err_r):

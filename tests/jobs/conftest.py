@@ -57,7 +57,7 @@ def jobs_env(
         def client(name: str = "alice", credentials: grpc.ChannelCredentials | None = None, **kwargs: Any) -> RpcClient:
             kwargs.setdefault("timeout", 10)
             creds = credentials or tls.channel_credentials(tls_dir, name)
-            return rpc_client_factory(server, stubs=STUBS, host="localhost", credentials=creds, **kwargs)
+            return rpc_client_factory(server, stubs=STUBS, host="127.0.0.1", credentials=creds, **kwargs)
 
         def restart(**new_options: Any) -> JobsEnv:
             server.shutdown()

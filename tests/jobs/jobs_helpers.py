@@ -27,3 +27,18 @@ def collect(jobs: Any, job_id: str, follow: bool = True, timeout: float = 20.0) 
     for chunk in jobs.Logs(jobs_pb2.LogsRequest(job_id=job_id, follow=follow), timeout=timeout):
         out[chunk.stream] += chunk.data
     return out
+
+
+def status(jobs: Any, job_id: str) -> jobs_pb2.JobStatus:
+    return jobs.Status(jobs_pb2.JobRequest(job_id=job_id))
+
+
+def first_line(jobs: Any, job_id: str, timeout: float = 20.0) -> bytes:
+    """Block until the job printed its first stdout line (a readiness signal), return it."""
+    data = b""
+    for chunk in jobs.Logs(jobs_pb2.LogsRequest(job_id=job_id, follow=True), timeout=timeout):
+        if chunk.stream == jobs_pb2.STDOUT:
+            data += chunk.data
+            if b"\n" in data:
+                return data.split(b"\n", 1)[0]
+    raise AssertionError(f"job {job_id} ended before printing a line")

@@ -1,0 +1,114 @@
+"""mTLS and authorization: handshake refusals, identity from the certificate, owner-or-admin rule."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+from grpc_helper import ResultCode, RpcException
+from grpc_helper import certs as tls
+from grpc_helper.jobs import descriptor
+from grpc_helper.jobs.api import jobs_pb2
+
+from .jobs_helpers import PY, STUBS, collect, first_line, run, status
+
+
+def test_certs_init_layout_is_idempotent(tmp_path: Path):
+    d = tls.init(tmp_path / "t", ["alice"], ["root"])
+    ca = (d / "ca.pem").read_bytes()
+    assert (d / "alice.key").stat().st_mode & 0o077 == 0
+    server = x509.load_pem_x509_certificate((d / "server.pem").read_bytes())
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    tls.init(d, ["bob"], ["carol"])
+    assert (d / "ca.pem").read_bytes() == ca
+    assert tls.admins_of(d) == {"root", "carol"}
+    cn = x509.load_pem_x509_certificate((d / "bob.pem").read_bytes()).subject.rfc4514_string()
+    assert cn == "CN=bob"
+    with pytest.raises(ValueError, match="invalid client name"):
+        tls.init(d, ["../x"])
+
+
+def _expect_refused(env, credentials: grpc.ChannelCredentials) -> None:
+    jobs = env.client(credentials=credentials, timeout=1.0).jobs
+    with pytest.raises(RpcException) as info:
+        jobs.List(jobs_pb2.ListRequest(), timeout=1.0)
+    assert info.value.status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_handshake_needs_a_client_certificate_of_our_ca(jobs_env, tls_dir: Path):
+    env = jobs_env()
+    assert env.jobs("alice").List(jobs_pb2.ListRequest()).jobs == []
+    ca = (tls_dir / "ca.pem").read_bytes()
+    _expect_refused(env, grpc.ssl_channel_credentials(root_certificates=ca))  # no client certificate
+    other = tls_dir / "other"
+    foreign = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=(other / "alice.key").read_bytes(),
+        certificate_chain=(other / "alice.pem").read_bytes(),
+    )
+    _expect_refused(env, foreign)  # "alice" signed by another CA
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_versions_below_1_2_are_refused(jobs_env, tls_dir: Path):
+    env = jobs_env()
+    for version, accepted in ((ssl.TLSVersion.TLSv1_1, False), (ssl.TLSVersion.TLSv1_2, True)):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(tls_dir / "ca.pem")
+        ctx.load_cert_chain(tls_dir / "alice.pem", tls_dir / "alice.key")
+        ctx.set_alpn_protocols(["h2"])
+        if not accepted:
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+            ctx.minimum_version = version
+        ctx.maximum_version = version
+        with socket.create_connection(("127.0.0.1", env.server.port), timeout=5) as sock:
+            if accepted:
+                with ctx.wrap_socket(sock, server_hostname="localhost") as s:
+                    assert s.version() == "TLSv1.2" and ("GCM" in s.cipher()[0] or "CHACHA" in s.cipher()[0])
+            else:
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    ctx.wrap_socket(sock, server_hostname="localhost").do_handshake()
+
+
+def test_plaintext_hosting_refuses_every_call(tmp_path: Path, rpc_server_factory, rpc_client_factory):
+    server = rpc_server_factory([descriptor(tmp_path / "state")])
+    jobs = rpc_client_factory(server, stubs=STUBS, timeout=5).jobs
+    for call in (lambda: jobs.List(jobs_pb2.ListRequest()), lambda: list(jobs.Logs(jobs_pb2.LogsRequest(job_id="x")))):
+        with pytest.raises(RpcException) as info:
+            call()
+        assert info.value.status == grpc.StatusCode.UNAUTHENTICATED and "client certificate" in info.value.message
+    with pytest.raises(RpcException) as info:
+        run(jobs, "true")
+    assert info.value.rc == ResultCode.ERROR_UNAUTHENTICATED
+
+
+def test_clients_only_see_their_own_jobs_admins_see_all(jobs_env):
+    env = jobs_env()
+    alice, bob, root = env.jobs("alice"), env.jobs("bob"), env.jobs("root")
+    a = run(alice, PY, "-c", "print('ready', flush=True); import time; time.sleep(60)")
+    b = run(bob, "true")
+    assert a.owner == "alice" and b.owner == "bob"
+    assert first_line(alice, a.job_id) == b"ready"
+    not_found = [
+        lambda: status(bob, a.job_id),
+        lambda: bob.Stop(jobs_pb2.StopRequest(job_id=a.job_id)),
+        lambda: collect(bob, a.job_id, follow=False),
+    ]
+    for call in not_found:
+        with pytest.raises(RpcException) as info:
+            call()
+        assert info.value.status == grpc.StatusCode.NOT_FOUND
+        assert a.job_id in info.value.message  # same answer as for an id that does not exist
+    assert [j.job_id for j in alice.List(jobs_pb2.ListRequest()).jobs] == [a.job_id]
+    assert [j.job_id for j in bob.List(jobs_pb2.ListRequest()).jobs] == [b.job_id]
+    assert [j.job_id for j in root.List(jobs_pb2.ListRequest()).jobs] == [a.job_id, b.job_id]
+    assert status(root, a.job_id).state == jobs_pb2.JOB_RUNNING
+    stopped = root.Stop(jobs_pb2.StopRequest(job_id=a.job_id, grace_seconds=5))
+    assert stopped.stopped and stopped.status.state == jobs_pb2.JOB_KILLED
+    assert stopped.status.stopped_by == jobs_pb2.STOP_USER and stopped.status.signal == 15
