@@ -168,6 +168,7 @@ class Scheduler:
         self._clock = clock
         self._lock = threading.Lock()
         self._reaper_cond = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)  # notified on worker/job events, for wait_until()
         self._ids = itertools.count(1)
         self._worker_ids = itertools.count(1)
         self._tokens = itertools.count(1)
@@ -238,6 +239,17 @@ class Scheduler:
             reaper.join(timeout=5)
         return failed
 
+    def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> bool:
+        """Wait until ``predicate(status())`` holds (re-checked at each worker/job event); False on timeout."""
+        end = time.monotonic() + timeout
+        with self._lock:
+            while not predicate(self._status()):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
     def pending_jobs(self) -> int:
         with self._lock:
             return sum(1 for job in self._jobs.values() if job.state not in TERMINAL)
@@ -290,6 +302,7 @@ class Scheduler:
             self._held_bytes += size
             self.counters["submitted"] += len(ids)
             self._dispatch(key)
+            self._changed.notify_all()
             return ids
 
     def get_result(self, job_id: int, session_id: str = "") -> JobView:
@@ -403,6 +416,7 @@ class Scheduler:
             self._by_key.setdefault(key, {})[worker.id] = worker
             self.counters["workers_registered"] += 1
             self._reaper_cond.notify_all()
+            self._changed.notify_all()
             self._dispatch(key)
             return worker
 
@@ -441,6 +455,7 @@ class Scheduler:
             for result in results:
                 self._complete(worker, result)
             self._dispatch(worker.key)
+            self._changed.notify_all()
 
     def heartbeat(self, worker: Worker) -> None:
         with self._lock:
@@ -488,47 +503,50 @@ class Scheduler:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            now = self._clock()
-            running: dict[Key, int] = {}
-            for worker in self._workers.values():
-                running[worker.key] = running.get(worker.key, 0) + len(worker.leases)
-            keys = sorted(set(self._queues) | set(running) | {k for k, ws in self._by_key.items() if ws})
-            return {
-                "workers": [
-                    {
-                        "id": w.id,
-                        "description": w.description,
-                        "service_id": w.key[0],
-                        "service_version": w.key[1],
-                        "state": w.state.value,
-                        "concurrency": w.concurrency,
-                        "window": w.window,
-                        "in_flight": len(w.leases),
-                        "jobs_done": w.jobs_done,
-                        "jobs_failed": w.jobs_failed,
-                        "pid": w.pid,
-                        "host": w.host,
-                        "peer": w.peer,
-                        "connected_s": round(now - w.since, 3),
-                        "last_seen_s": round(now - w.last_seen, 3),
-                    }
-                    for w in self._workers.values()
-                ],
-                "queues": [
-                    {
-                        "service_id": k[0],
-                        "service_version": k[1],
-                        "depth": len(self._queues.get(k, ())),
-                        "running": running.get(k, 0),
-                        "workers": len(self._by_key.get(k, {})),
-                    }
-                    for k in keys
-                ],
-                "counters": dict(self.counters),
-                "held": {"jobs": self._held, "bytes": self._held_bytes, "retained": len(self._retained)},
-                "sessions": len(self._sessions),
-                "closed": self._closed,
-            }
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
+        now = self._clock()
+        running: dict[Key, int] = {}
+        for worker in self._workers.values():
+            running[worker.key] = running.get(worker.key, 0) + len(worker.leases)
+        keys = sorted(set(self._queues) | set(running) | {k for k, ws in self._by_key.items() if ws})
+        return {
+            "workers": [
+                {
+                    "id": w.id,
+                    "description": w.description,
+                    "service_id": w.key[0],
+                    "service_version": w.key[1],
+                    "state": w.state.value,
+                    "concurrency": w.concurrency,
+                    "window": w.window,
+                    "in_flight": len(w.leases),
+                    "jobs_done": w.jobs_done,
+                    "jobs_failed": w.jobs_failed,
+                    "pid": w.pid,
+                    "host": w.host,
+                    "peer": w.peer,
+                    "connected_s": round(now - w.since, 3),
+                    "last_seen_s": round(now - w.last_seen, 3),
+                }
+                for w in self._workers.values()
+            ],
+            "queues": [
+                {
+                    "service_id": k[0],
+                    "service_version": k[1],
+                    "depth": len(self._queues.get(k, ())),
+                    "running": running.get(k, 0),
+                    "workers": len(self._by_key.get(k, {})),
+                }
+                for k in keys
+            ],
+            "counters": dict(self.counters),
+            "held": {"jobs": self._held, "bytes": self._held_bytes, "retained": len(self._retained)},
+            "sessions": len(self._sessions),
+            "closed": self._closed,
+        }
 
     # ---- internals (lock held) ----
 
@@ -667,6 +685,7 @@ class Scheduler:
         worker.outbox.clear()
         worker.cond.notify_all()
         self._dispatch(worker.key)
+        self._changed.notify_all()
 
     def _finish(self, job: _Job, state: JobState, *, data: bytes = b"", error: str = "", rc: int = RC_OK) -> None:
         job.state = state
@@ -676,6 +695,7 @@ class Scheduler:
         job.data = data
         job.error = error
         job.rc = rc
+        self._changed.notify_all()
         self.counters[{JobState.DONE: "done", JobState.FAILED: "failed"}.get(state, "cancelled")] += 1
         session = self._session(job.session)
         session.outbox.append(job.id)

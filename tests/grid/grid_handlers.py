@@ -1,0 +1,35 @@
+"""Job handlers for the grid tests (imported by worker processes: PYTHONPATH includes this folder)."""
+
+from __future__ import annotations
+
+import time
+
+
+def echo(data: bytes) -> bytes:
+    return data
+
+
+def upper(data: bytes) -> bytes:
+    return data.upper()
+
+
+def fail(data: bytes) -> bytes:
+    raise ValueError(f"cannot handle {data!r}")
+
+
+def hang(data: bytes) -> bytes:
+    """Never returns in a test's lifetime (the worker is killed or aborted)."""
+    time.sleep(600)
+    return data
+
+
+def slow(data: bytes) -> bytes:
+    """0.3 s per job: long enough to interrupt a worker while it runs one."""
+    time.sleep(0.3)
+    return data
+
+
+def pid(data: bytes) -> bytes:
+    import os
+
+    return f"{os.getpid()}".encode()
