@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -16,14 +17,44 @@ from grpc_helper import RpcException, RpcManager, RpcServiceDescriptor
 V1, V2, V3 = 1, 2, 3
 
 
+class LoopEvent(threading.Event):
+    """A ``threading.Event`` that coroutines can await too (``wait_async``): the test thread drives the sync
+    and the asyncio twins of the sample manager alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters_lock = threading.Lock()
+
+    def set(self) -> None:
+        with self._waiters_lock:
+            super().set()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_result(None))
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        with self._waiters_lock:
+            if self.is_set():
+                return True
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((asyncio.get_running_loop(), future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 class SampleManager(sample_pb2_grpc.SampleServiceServicer, RpcManager):
     def __init__(self, fail_load: bool = False) -> None:
         super().__init__()
         self.fail_load = fail_load
-        self.loaded = threading.Event()
-        self.stopped = threading.Event()
-        self.entered = threading.Event()  # set when a call with a delay starts
-        self.release = threading.Event()  # set to end delays early
+        self.loaded = LoopEvent()
+        self.stopped = LoopEvent()
+        self.entered = LoopEvent()  # set when a call with a delay starts
+        self.release = LoopEvent()  # set to end delays early
         self.info_in_load: Any = None
 
     def load(self) -> None:
@@ -36,11 +67,15 @@ class SampleManager(sample_pb2_grpc.SampleServiceServicer, RpcManager):
     def shutdown(self) -> None:
         self.stopped.set()
 
-    def _check(self, request: Any) -> None:
+    @staticmethod
+    def fail_if_asked(request: Any) -> None:
         if request.rc:
             raise RpcException(f"asked to fail with {request.rc}", request.rc)
         if request.crash:
             raise ZeroDivisionError("sample crash")
+
+    def _check(self, request: Any) -> None:
+        self.fail_if_asked(request)
         if request.delay:
             self.entered.set()
             self.release.wait(request.delay)
