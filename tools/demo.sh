@@ -2,6 +2,7 @@
 # `make demo`: start a server hosting every bundled service on 127.0.0.1 (mTLS), query it, stop it cleanly.
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
+export GRPC_VERBOSITY=${GRPC_VERBOSITY:-ERROR}  # keep grpc core's own INFO lines out of the demo output
 work=$(mktemp -d /tmp/grpc-helper-demo.XXXXXX)
 tls="$work/tls"
 server_pid=""
