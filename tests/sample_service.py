@@ -8,8 +8,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import sample_pb2  # type: ignore[import-not-found]
 import sample_pb2_grpc  # type: ignore[import-not-found]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import grpc_helper
 from grpc_helper import RpcException, RpcManager, RpcServiceDescriptor
@@ -56,12 +58,16 @@ class SampleManager(sample_pb2_grpc.SampleServiceServicer, RpcManager):
         self.entered = LoopEvent()  # set when a call with a delay starts
         self.release = LoopEvent()  # set to end delays early
         self.info_in_load: Any = None
+        self.health_in_load: Any = None
 
     def load(self) -> None:
         if self.fail_load:
             raise RuntimeError("sample load failure")
         # The auto-client works inside load().
         self.info_in_load = self.client.info.get(grpc_helper.api.info_pb2.InfoFilter(names=["sample"]))
+        with grpc.insecure_channel(self.client.target) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            self.health_in_load = check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
         self.loaded.set()
 
     def shutdown(self) -> None:

@@ -93,6 +93,7 @@ def test_auto_client_reaches_every_service_even_in_load(rpc_server_factory: Any)
     manager = SampleManager()
     server = rpc_server_factory([sample_descriptor(manager)])
     assert [i.name for i in manager.info_in_load.items] == ["sample"]
+    assert manager.health_in_load == NOT_SERVING  # SERVING only once every load() returned
     assert server.auto_client.sample.echo(Request(text="auto")).text == "auto"
     names = [i.name for i in server.auto_client.info.get(InfoFilter()).items]
     assert names == ["info", "sample"]
@@ -190,3 +191,11 @@ def test_grpcurl_lists_describes_and_calls(rpc_server_factory: Any) -> None:
 def test_duplicate_service_names_rejected() -> None:
     with pytest.raises(ValueError, match="unique"):
         RpcServer(0, [sample_descriptor(), sample_descriptor()], host="127.0.0.1")
+
+
+def test_server_made_off_the_main_thread_leaves_usr2_alone(rpc_server_factory: Any) -> None:
+    before = signal.getsignal(signal.SIGUSR2)
+    with ThreadPoolExecutor(1) as pool:
+        server = pool.submit(rpc_server_factory, [sample_descriptor()]).result(30)
+    assert signal.getsignal(signal.SIGUSR2) == before
+    assert server.dump().read_text().count("Thread ") >= 1  # dumps still work on demand
