@@ -9,9 +9,9 @@ import grpc
 import pytest
 import sample_pb2  # type: ignore[import-not-found]
 import sample_pb2_grpc  # type: ignore[import-not-found]
+from sample_service import SampleManager
 
 from grpc_helper import RpcServiceDescriptor
-from grpc_helper.info import InfoManager
 
 
 def describe(module: Any = grpc, name: str = "sample", api: Any = None) -> RpcServiceDescriptor:
@@ -19,7 +19,7 @@ def describe(module: Any = grpc, name: str = "sample", api: Any = None) -> RpcSe
         module,
         name,
         api or sample_pb2.SampleApiVersion,
-        InfoManager(),  # any servicer object will do: nothing is called here
+        SampleManager(),
         sample_pb2_grpc.add_SampleServiceServicer_to_server,
         sample_pb2_grpc.SampleServiceStub,
     )
