@@ -14,7 +14,7 @@ from pathlib import Path
 
 STDOUT, STDERR = 0, 1
 STREAM_NAMES = ("stdout", "stderr")
-CHUNK_SIZE = 256 * 1024  # per-reader buffer and maximum message size
+CHUNK_SIZE = 256 * 1024  # default per-reader buffer and maximum message size
 
 
 class JobLog:
@@ -29,7 +29,8 @@ class JobLog:
         self._cond = threading.Condition()
         self._fds: list[int] = []
         if live:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL | os.O_CLOEXEC
+            # No O_APPEND: splice() refuses it; the single writer tracks the offsets (self._sizes) itself.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
             for path in self.paths:
                 self._fds.append(os.open(path, flags, 0o600))
             self._sizes = [0, 0]
@@ -56,12 +57,26 @@ class JobLog:
     def write(self, stream: int, data: bytes) -> None:
         """Append to a stream (single writer) and wake its readers."""
         view = memoryview(data)
+        offset = self._sizes[stream]
         while view:
-            n = os.write(self._fds[stream], view)
+            n = os.pwrite(self._fds[stream], view, offset)
             view = view[n:]
+            offset += n
         with self._cond:
-            self._sizes[stream] += len(data)
+            self._sizes[stream] = offset
             self._cond.notify_all()
+
+    def splice_from(self, stream: int, pipe_fd: int, size: int) -> int:
+        """Move up to ``size`` bytes from a pipe to a stream in the kernel (no copy through Python).
+
+        Returns the byte count (0 at end of pipe); raises OSError when splice is not possible here.
+        """
+        n = os.splice(pipe_fd, self._fds[stream], size, offset_dst=self._sizes[stream])
+        if n:
+            with self._cond:
+                self._sizes[stream] += n
+                self._cond.notify_all()
+        return n
 
     def close(self) -> None:
         """End of output: readers finish what is written and stop."""
@@ -80,13 +95,18 @@ class JobLog:
             self._cond.notify_all()
 
     def read(
-        self, follow: bool = True, cancelled: Callable[[], bool] = lambda: False, chunk_size: int = CHUNK_SIZE
+        self,
+        follow: bool = True,
+        cancelled: Callable[[], bool] = lambda: False,
+        chunk_size: int | Callable[[], int] = CHUNK_SIZE,
     ) -> Iterator[tuple[int, bytes]]:
         """Yield ``(stream, data)`` from the first byte; with ``follow``, until the log is closed.
 
         Without ``follow``, stop at the sizes known at the call. Call :meth:`wake` after ``cancelled``
-        becomes true so that a reader waiting for output notices it.
+        becomes true so that a reader waiting for output notices it. ``chunk_size`` (bytes, or a function
+        asked before each read) bounds the memory a reader holds.
         """
+        chunk = chunk_size if callable(chunk_size) else (lambda: chunk_size)
         fds = [_open_read(path) for path in self.paths]
         offsets = [0, 0]
         try:
@@ -102,7 +122,7 @@ class JobLog:
                     while offsets[stream] < sizes[stream]:
                         if cancelled():
                             return
-                        want = min(chunk_size, sizes[stream] - offsets[stream])
+                        want = min(chunk(), sizes[stream] - offsets[stream])
                         data = os.pread(fds[stream], want, offsets[stream])
                         if not data:  # truncated under us: nothing sane left to serve
                             return

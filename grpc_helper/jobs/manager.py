@@ -31,6 +31,11 @@ DEFAULT_GRACE = 5.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MIN_MEMORY = 4 << 20
 MAX_IO_BPS = 1 << 40
+# Log streams share a memory budget: a lone reader gets big messages (throughput), many readers small ones
+# (each holds a few copies of its chunk: file read, message, serialised bytes, transport buffer).
+LOGS_MEMORY_BUDGET = 4 << 20
+MIN_CHUNK = 16 << 10
+MAX_CHUNK = 1 << 20
 
 
 @dataclass
@@ -93,6 +98,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, RpcManager):
         self.max_running = max_running
         self._cgroup_options = (cgroups, cgroup_parent, cgroup_root)
         self._live: dict[str, _Live] = {}
+        self._readers = 0
         self._closing = threading.Event()
         self._boot_id = read_boot_id()
         self.cgroups = CgroupSupport(0, {}, "not detected yet")
@@ -314,11 +320,20 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, RpcManager):
         def cancelled() -> bool:
             return closing.is_set() or not context.is_active()
 
+        def chunk_size() -> int:
+            return max(MIN_CHUNK, min(MAX_CHUNK, LOGS_MEMORY_BUDGET // max(1, self._readers)))
+
         # Wakes this reader when the client goes away or the call is cancelled at server shutdown.
         if not context.add_callback(log.wake):
             return
-        for stream, data in log.read(request.follow, cancelled):
-            yield jobs_pb2.LogChunk(stream=jobs_pb2.STDOUT if stream == STDOUT else jobs_pb2.STDERR, data=data)
+        with self.lock:
+            self._readers += 1
+        try:
+            for stream, data in log.read(request.follow, cancelled, chunk_size):
+                yield jobs_pb2.LogChunk(stream=jobs_pb2.STDOUT if stream == STDOUT else jobs_pb2.STDERR, data=data)
+        finally:
+            with self.lock:
+                self._readers -= 1
 
 
 def _group_leftovers(pgid: int, started: float) -> set[int]:

@@ -158,16 +158,25 @@ class JobProcess:
             poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         open_fds = set(fds)
+        splice = hasattr(os, "splice")
         try:
             while open_fds:
                 for fd, _event in poller.poll():
                     if fd == self._wake_r:
                         open_fds.clear()  # drain timeout: stop following pipes held by escaped processes
                         break
-                    data = os.read(fd, _READ_SIZE)
-                    if data:
-                        self._log.write(fds[fd], data)
-                    else:
+                    n = 0
+                    if splice:
+                        try:
+                            n = self._log.splice_from(fds[fd], fd, _READ_SIZE)
+                        except OSError:
+                            splice = False  # e.g. a file system without splice support: copy instead
+                    if not splice:
+                        data = os.read(fd, _READ_SIZE)
+                        n = len(data)
+                        if data:
+                            self._log.write(fds[fd], data)
+                    if not n:
                         poller.unregister(fd)
                         open_fds.discard(fd)
         except Exception:

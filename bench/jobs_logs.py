@@ -1,0 +1,167 @@
+"""Job runner log streaming benchmark.
+
+P3: throughput of streaming 1 GiB of a job's output to one reader (``logs -f`` from the start, while the
+    job writes it) divided by reading the same log file with ``cat`` (goal >= 0.5).
+P4: peak RSS of the server process while 100 readers follow one live job (goal < 150 MB), all readers
+    receiving byte-identical output.
+
+The server is a separate ``python -m grpc_helper.jobs serve`` process over mTLS on loopback; peak RSS is its
+kernel high-water mark (VmHWM). Usage: ``python bench/jobs_logs.py [--gib 1] [--readers 100]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from grpc_helper import RpcClient
+from grpc_helper import certs as tls
+from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
+
+STUBS = {"jobs": (jobs_pb2_grpc.JobsStub, jobs_pb2.JOBS_API_CURRENT)}
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_server(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    tls.init(tmp / "tls", ["bench"])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "grpc_helper.jobs", "serve", "--endpoint", "127.0.0.1:0", "--tls-dir",
+         str(tmp / "tls"), "--state-dir", str(tmp / "state"), "--workers", "256"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline().decode()
+    match = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+    if not match:
+        server.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return server, int(match.group(1))
+
+
+def client(tmp: Path, port: int) -> RpcClient:
+    return RpcClient("127.0.0.1", port, STUBS, credentials=tls.channel_credentials(tmp / "tls", "bench"), timeout=10)
+
+
+def read_stream(c: RpcClient, job_id: str) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    for chunk in c.jobs.Logs(jobs_pb2.LogsRequest(job_id=job_id, follow=True), timeout=None):
+        if chunk.stream == jobs_pb2.STDOUT:
+            h.update(chunk.data)
+            n += len(chunk.data)
+    return n, h.hexdigest()
+
+
+def p3(tmp: Path, port: int, size: int) -> None:
+    with client(tmp, port) as c:
+        t0 = time.perf_counter()
+        st = c.jobs.Run(jobs_pb2.RunRequest(command=["head", "-c", str(size), "/dev/zero"]))
+        n = 0
+        for chunk in c.jobs.Logs(jobs_pb2.LogsRequest(job_id=st.job_id, follow=True), timeout=None):
+            n += len(chunk.data)
+        live = time.perf_counter() - t0
+        assert n == size, (n, size)
+        t0 = time.perf_counter()
+        n = sum(len(chunk.data) for chunk in c.jobs.Logs(jobs_pb2.LogsRequest(job_id=st.job_id), timeout=None))
+        replay = time.perf_counter() - t0
+        assert n == size
+    log = tmp / "state" / "logs" / f"{st.job_id}.stdout"
+    # cat into a pipe read by this process (the bytes reach a Python reader, as with the stream) ...
+    t0 = time.perf_counter()
+    cat = subprocess.Popen(["cat", str(log)], stdout=subprocess.PIPE)
+    assert cat.stdout is not None
+    got = 0
+    while data := cat.stdout.read(1 << 20):
+        got += len(data)
+    cat.wait()
+    cat_pipe = time.perf_counter() - t0
+    # ... and cat into /dev/null (the kernel's best case).
+    t0 = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        subprocess.run(["cat", str(log)], stdout=null, check=True)
+    cat_null = time.perf_counter() - t0
+    mib = size / (1 << 20)
+    print(f"P3: {mib:.0f} MiB streamed live (job writing) in {live:.2f}s = {mib / live:.0f} MiB/s; "
+          f"replay after the end {mib / replay:.0f} MiB/s")
+    print(f"    cat -> pipe read by Python: {mib / cat_pipe:.0f} MiB/s; cat -> /dev/null: {mib / cat_null:.0f} MiB/s")
+    print(f"P3 = live stream / cat-to-pipe = {cat_pipe / live:.2f} (goal >= 0.5); "
+          f"replay / cat-to-pipe = {cat_pipe / replay:.2f}; live / cat-to-devnull = {cat_null / live:.2f}")
+
+
+def p4(tmp: Path, port: int, server_pid: int, readers: int) -> None:
+    # A live job: 64 KiB of varying bytes every 10 ms for ~3 s (12 MiB), readers attach before it writes.
+    code = (
+        "import os, sys, time\n"
+        "while not os.path.exists(sys.argv[1]): time.sleep(0.01)\n"
+        "for i in range(192):\n"
+        "    sys.stdout.buffer.write(bytes([i % 256]) * 65536); sys.stdout.flush(); time.sleep(0.01)\n"
+    )
+    go = tmp / "go"
+    clients = [client(tmp, port) for _ in range(max(1, readers // 25))]  # <= 25 streams per connection
+    try:
+        st = clients[0].jobs.Run(jobs_pb2.RunRequest(command=[sys.executable, "-c", code, str(go)]))
+        before = vm_rss_mb(server_pid)
+        results: list[tuple[int, str]] = []
+        lock = threading.Lock()
+
+        def reader(c: RpcClient) -> None:
+            r = read_stream(c, st.job_id)
+            with lock:
+                results.append(r)
+
+        threads = [threading.Thread(target=reader, args=(clients[i % len(clients)],)) for i in range(readers)]
+        for t in threads:
+            t.start()
+        go.touch()
+        for t in threads:
+            t.join(300)
+        peak = vm_hwm_mb(server_pid)
+    finally:
+        for c in clients:
+            c.close()
+    expected = hashlib.sha256((tmp / "state" / "logs" / f"{st.job_id}.stdout").read_bytes()).hexdigest()
+    identical = len(results) == readers and all(r == (192 * 65536, expected) for r in results)
+    print(f"P4: {readers} concurrent readers of one live job: server RSS {before:.0f} MB before, "
+          f"peak (VmHWM) {peak:.0f} MB (goal < 150 MB); all readers byte-identical: {identical}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gib", type=float, default=1.0, help="P3 output size in GiB (default 1)")
+    parser.add_argument("--readers", type=int, default=100, help="P4 readers (default 100)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="jobs-bench-") as d:
+        tmp = Path(d)
+        server, port = start_server(tmp)
+        try:
+            p4(tmp, port, server.pid, args.readers)  # first: the peak RSS must not include P3's
+            p3(tmp, port, int(args.gib * (1 << 30)))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+
+
+if __name__ == "__main__":
+    main()
