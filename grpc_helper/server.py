@@ -145,7 +145,8 @@ class RpcServer:
         dump_folder: str | Path = "/tmp",
     ) -> None:
         core = self._core = ServerCore(port, descriptors, host, dump_folder)
-        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=f"rpc-{port}")
+        self._thread_prefix = f"rpc-server-{id(self):x}"
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=self._thread_prefix)
         self._server = grpc.server(
             self._executor,
             interceptors=[RpcServerInterceptor(core.methods, core.calls), *interceptors],
@@ -206,7 +207,13 @@ class RpcServer:
 
     def shutdown(self, grace: float | None = None) -> None:
         """Stop serving: health NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds
-        (None: cancel them now), run each manager's ``shutdown()``, join threads. Idempotent."""
+        (None: cancel them now), run each manager's ``shutdown()``, join threads. Idempotent.
+
+        Called from one of the server's own calls (a "shutdown" RPC), it returns at once and the shutdown
+        proceeds in a thread of its own, so that call can still answer."""
+        if threading.current_thread().name.startswith(self._thread_prefix):
+            threading.Thread(target=self.shutdown, args=(grace,), name=f"shutdown-{self._thread_prefix}").start()
+            return
         core = self._core
         with core.lock:
             if core.shutting_down:

@@ -199,3 +199,16 @@ def test_server_made_off_the_main_thread_leaves_usr2_alone(rpc_server_factory: A
         server = pool.submit(rpc_server_factory, [sample_descriptor()]).result(30)
     assert signal.getsignal(signal.SIGUSR2) == before
     assert server.dump().read_text().count("Thread ") >= 1  # dumps still work on demand
+
+
+def test_shutdown_from_a_call_answers_then_stops(rpc_server_factory: Any, rpc_client_factory: Any) -> None:
+    class Stopper(SampleManager):
+        def echo(self, request: Any) -> Any:
+            holder[0].shutdown(5)
+            return super().echo(request)
+
+    holder: list[RpcServer] = []
+    holder.append(rpc_server_factory([sample_descriptor(Stopper())]))
+    client = rpc_client_factory(holder[0], stubs(), timeout=1)
+    assert client.sample.echo(Request(text="bye")).text == "bye"
+    assert holder[0].wait_for_termination(10)
