@@ -6,6 +6,9 @@ Fixtures:
 - ``rpc_client_factory(server, stubs=None, **kwargs)``: an ``RpcClient`` to that server (default stubs:
   every hosted service at its current API version), closed at teardown.
 - ``rpc_dump_folder``: a per-test folder for the servers' debug dumps.
+- ``async_rpc_server_factory`` / ``async_rpc_client_factory``: the same for ``AsyncRpcServer`` /
+  ``AsyncRpcClient``, as async fixtures for pytest-asyncio (``await async_rpc_server_factory(descriptors)``
+  returns a started server; clients are made synchronously and closed at teardown).
 
 Example::
 
@@ -13,16 +16,22 @@ Example::
         server = rpc_server_factory([my_descriptor()])
         client = rpc_client_factory(server, timeout=5)
         assert client.my.get(Request()).ok
+
+    async def test_get_async(async_rpc_server_factory, async_rpc_client_factory):
+        server = await async_rpc_server_factory([my_async_descriptor()])
+        client = async_rpc_client_factory(server, timeout=5)
+        assert (await client.my.get(Request())).ok
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from grpc_helper.aio import AsyncRpcClient, AsyncRpcServer
 from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.server import RpcServer
@@ -81,3 +90,52 @@ def rpc_client_factory() -> Iterator[ClientFactory]:
     yield make
     for client in clients:
         client.close()
+
+
+try:  # the async fixtures need pytest-asyncio; the plugin works without it
+    import pytest_asyncio
+except ImportError:  # pragma: no cover
+    pytest_asyncio = None  # type: ignore[assignment]
+
+AsyncServerFactory = Callable[..., Awaitable[AsyncRpcServer]]
+AsyncClientFactory = Callable[..., AsyncRpcClient]
+
+if pytest_asyncio is not None:
+
+    @pytest_asyncio.fixture
+    async def async_rpc_server_factory(rpc_dump_folder: Path) -> AsyncIterator[AsyncServerFactory]:
+        """``await make(descriptors, **kwargs)``: a started ``AsyncRpcServer(0, descriptors, host="127.0.0.1",
+        **kwargs)`` on the test's event loop; every server is shut down at teardown."""
+        servers: list[AsyncRpcServer] = []
+
+        async def make(descriptors: Sequence[RpcServiceDescriptor], **kwargs: Any) -> AsyncRpcServer:
+            kwargs.setdefault("host", "127.0.0.1")
+            kwargs.setdefault("dump_folder", rpc_dump_folder)
+            server = AsyncRpcServer(kwargs.pop("port", 0), descriptors, **kwargs)
+            await server.start()
+            servers.append(server)
+            return server
+
+        yield make
+        for server in reversed(servers):
+            await server.shutdown()
+
+    @pytest_asyncio.fixture
+    async def async_rpc_client_factory() -> AsyncIterator[AsyncClientFactory]:
+        """``make(server, stubs=None, **kwargs)``: an ``AsyncRpcClient`` to a server (or ``host``/``port``
+        kwargs; default stubs: every hosted service at its current API version); all closed at teardown."""
+        clients: list[AsyncRpcClient] = []
+
+        def make(server: Any = None, stubs: Mapping[str, tuple[type, int]] | None = None, **kwargs: Any) -> AsyncRpcClient:
+            host = kwargs.pop("host", "127.0.0.1")
+            port = kwargs.pop("port", None) or server.port
+            if stubs is None:
+                stubs = default_stubs(server.descriptors)
+            kwargs.setdefault("name", "pytest")
+            client = AsyncRpcClient(host, port, stubs, **kwargs)
+            clients.append(client)
+            return client
+
+        yield make
+        for client in clients:
+            await client.close()

@@ -75,6 +75,7 @@ class AsyncRpcServer:
         self._client: AsyncRpcClient | None = None
         self._dumper_registered = False
         self._terminated: asyncio.Event | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     @property
     def port(self) -> int:
@@ -144,15 +145,18 @@ class AsyncRpcServer:
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop serving: health NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds
         (None: cancel them now), await each manager's ``shutdown()``, close ``auto_client``. Idempotent:
-        a second call waits for the first one to complete."""
-        core = self._core
-        with core.lock:
-            first = not core.shutting_down
-            core.shutting_down = True
-        if not first:
-            if self._terminated is not None:
-                await self._terminated.wait()
-            return
+        a second call waits for the first one to complete.
+
+        The work runs in a task of its own: cancelling the caller does not leave the server half stopped. From
+        one of the server's own calls, use ``asyncio.create_task(server.shutdown(grace))`` and return (awaiting
+        it would wait for that very call until ``grace`` expires)."""
+        with self._core.lock:
+            self._core.shutting_down = True
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shutdown(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self, grace: float | None) -> None:
         try:
             await self._health.enter_graceful_shutdown()
             if self._server is not None:
@@ -175,6 +179,8 @@ class AsyncRpcServer:
         """Wait until ``shutdown()`` completed (True) or ``timeout`` expired (False)."""
         if self._terminated is None:
             raise RuntimeError("the server is not started")
+        if self._terminated.is_set():
+            return True
         try:
             await asyncio.wait_for(self._terminated.wait(), timeout)
         except TimeoutError:
