@@ -2,10 +2,10 @@
 
     python -m grpc_helper serve [--host 127.0.0.1] [--port 50051] [--port-file F] [--tls-dir DIR | --insecure]
 
-Hosts the info, health and reflection services, the job runner (``grpc_helper.jobs``) and the compute grid
-(``grpc_helper.grid``). With TLS (the default) the server requires client certificates signed by the CA
-of ``--tls-dir`` (created with a client for the current user on first use, see ``python -m grpc_helper.certs``);
-the job runner only answers such clients.
+Hosts the info, health and reflection services, the job runner (``grpc_helper.jobs``) and the compute
+grid (``grpc_helper.grid``; its controller's ``shutdown`` stops the whole server). With TLS (the default)
+the server requires client certificates signed by the CA of ``--tls-dir`` (created, with the current user
+as admin, on first use; see ``python -m grpc_helper.certs``); the job runner only answers such clients.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpc_helper import RpcException, RpcServer, certs, jobs
+from grpc_helper import RpcException, RpcServer, certs, grid, jobs
 from grpc_helper.info.__main__ import DEFAULT_PORT
 
 AUTO_CLIENT = "auto-client"
@@ -25,6 +25,7 @@ AUTO_CLIENT = "auto-client"
 def serve(args: argparse.Namespace) -> int:
     admins = set(args.admin)
     credentials = client_credentials = None
+    worker_args: list[str] = []  # how workers spawned by the grid controller reach this server
     if not args.insecure:
         tls_dir = Path(args.tls_dir)
         if not (tls_dir / "ca.pem").exists():
@@ -35,7 +36,13 @@ def serve(args: argparse.Namespace) -> int:
         credentials = certs.server_credentials(tls_dir)
         client_credentials = certs.channel_credentials(tls_dir, AUTO_CLIENT)
         admins |= certs.admins_of(tls_dir)
-    descriptors = [jobs.descriptor(Path(args.state_dir) / "jobs", admins=admins)]
+        own = certs.TlsFiles(tls_dir, AUTO_CLIENT)
+        worker_args = ["--ca", str(own.ca), "--cert", str(own.cert), "--key", str(own.key)]
+    hosting: list[RpcServer] = []
+    descriptors = [
+        jobs.descriptor(Path(args.state_dir) / "jobs", admins=admins),
+        *grid.descriptors(worker_args=worker_args, on_shutdown=lambda: hosting[0].shutdown(args.grace)),
+    ]
     try:
         server = RpcServer(
             args.port,
@@ -48,6 +55,7 @@ def serve(args: argparse.Namespace) -> int:
     except RpcException as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    hosting.append(server)
     if args.port_file:
         Path(args.port_file).write_text(f"{server.port}\n")
     names = ", ".join(d.name for d in server.descriptors)

@@ -39,6 +39,20 @@ echo "job id: $job"
 "${jobs[@]}" logs "${jobs_args[@]}" -f "$job"
 "${jobs[@]}" ps "${jobs_args[@]}" "$job"
 
+grid=("$PY" -m grpc_helper.grid)
+grid_args=(--endpoint "127.0.0.1:$port" "${tls_args[@]}")
+step "Compute grid: start 2 workers, submit a batch, print results and status"
+worker_pids=()
+for n in 1 2; do
+    "${grid[@]}" worker "${grid_args[@]}" --service demo --version 1 --description "demo worker $n" \
+        grpc_helper.grid.handlers:echo &
+    worker_pids+=($!)
+done
+"${grid[@]}" submit "${grid_args[@]}" --service demo --version 1 --timeout 30 alpha beta gamma delta epsilon
+"${grid[@]}" status "${grid_args[@]}"
+kill -INT "${worker_pids[@]}"
+wait "${worker_pids[@]}"
+
 step "Stop the server (SIGTERM, graceful)"
 kill -TERM "$server_pid"
 wait "$server_pid"
