@@ -216,7 +216,6 @@ class GridWorkerManager(pb_grpc.GridWorkerServiceServicer, _GridManager):
 
     def _read(self, worker: Worker, requests: Iterator[pb.WorkerMessage]) -> None:
         scheduler = self.scheduler
-        clean = False
         try:
             for message in requests:
                 kind = message.WhichOneof("msg")
@@ -231,13 +230,13 @@ class GridWorkerManager(pb_grpc.GridWorkerServiceServicer, _GridManager):
                     scheduler.give_back(worker, list(message.give_back.job_ids))
                 elif kind == "drain":
                     scheduler.drain(worker)
-            clean = True
         except grpc.RpcError:
             pass  # the stream was cancelled: handled below like any disconnect
         except Exception:
             self.logger.exception("worker %d: bad message", worker.id)
         finally:
-            scheduler.worker_gone(worker, "deregistered" if clean else "disconnected", lost=not clean)
+            # The request stream also ends quietly when the peer dies: a drain beforehand tells them apart.
+            scheduler.worker_gone(worker, "request stream ended")
 
 
 class GridControllerManager(pb_grpc.GridControllerServiceServicer, _GridManager):

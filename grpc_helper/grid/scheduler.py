@@ -314,6 +314,7 @@ class Scheduler:
                 if session is not None and job.id in session.outbox:
                     session.outbox.remove(job.id)
                 self._deliver(job)
+                self._changed.notify_all()
             return job.view()
 
     def cancel(self, job_id: int, session_id: str = "") -> JobView:
@@ -370,6 +371,7 @@ class Scheduler:
                         size += len(job.data)
                         batch.append(job.view())
                         self._deliver(job)
+                    self._changed.notify_all()
                     return batch
                 if self._closed:
                     raise GridClosedError("grid is shut down")
@@ -471,6 +473,7 @@ class Scheduler:
                 if job is not None and job.state == JobState.RUNNING and job.worker == worker.id:
                     self._requeue(job, front=True)
             self._dispatch(worker.key)
+            self._changed.notify_all()
 
     def drain(self, worker: Worker) -> None:
         """The worker leaves soon: send it nothing more; jobs leased but not sent yet go back to the queue."""
@@ -480,6 +483,7 @@ class Scheduler:
                 worker.state = WorkerState.STOPPING
             self._return_outbox(worker)
             self._dispatch(worker.key)
+            self._changed.notify_all()
 
     def stop_worker(self, worker_id: int) -> Worker:
         """Send the stop command to a worker (it drains and leaves)."""
@@ -492,10 +496,14 @@ class Scheduler:
             self._return_outbox(worker)
             worker.cond.notify_all()
             self._dispatch(worker.key)
+            self._changed.notify_all()
             return worker
 
-    def worker_gone(self, worker: Worker, reason: str = "disconnected", *, lost: bool = True) -> None:
-        """The worker's stream ended: its leased jobs go back to the queue and run elsewhere."""
+    def worker_gone(self, worker: Worker, reason: str = "disconnected", *, lost: bool | None = None) -> None:
+        """The worker's stream ended: its leased jobs go back to the queue and run elsewhere.
+
+        ``lost`` (counted in ``workers_lost``) defaults to: the worker left without draining first.
+        """
         with self._lock:
             self._worker_gone(worker, reason, lost=lost)
 
@@ -658,9 +666,11 @@ class Scheduler:
                 self._requeue(job, front=True)
         worker.outbox.clear()
 
-    def _worker_gone(self, worker: Worker, reason: str, *, lost: bool) -> None:
+    def _worker_gone(self, worker: Worker, reason: str, *, lost: bool | None) -> None:
         if worker.state == WorkerState.GONE:
             return
+        if lost is None:
+            lost = worker.state != WorkerState.STOPPING
         worker.state = WorkerState.GONE
         worker.reason = reason
         self._workers.pop(worker.id, None)

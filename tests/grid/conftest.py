@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -72,10 +73,11 @@ def spawn_worker(grid_server: GridServer) -> Iterator[Callable[..., subprocess.P
         version: str = "1",
         *args: str,
         endpoint: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "grpc_helper.grid", "worker", "--endpoint", endpoint or grid_server.endpoint]
         argv += ["--service", service, "--version", version, *args, handler]
-        proc = subprocess.Popen(argv, env=worker_env(), cwd=ROOT, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, env={**worker_env(), **(env or {})}, cwd=ROOT, stdout=subprocess.DEVNULL)
         procs.append(proc)
         return proc
 
@@ -96,3 +98,30 @@ def grid_client(grid_server: GridServer) -> Iterator[GridClient]:
 def controller(grid_server: GridServer) -> Iterator[GridController]:
     with GridController(grid_server.endpoint, timeout=10) as ctl:
         yield ctl
+
+
+class JobStarted:
+    """A FIFO the ``signalled_slow`` handler writes to when a job starts: wait on it, no sleeping."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "started.fifo"
+        os.mkfifo(self.path)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        # Our own writer end: without it the FIFO reads as EOF (always "readable") once a handler closed it.
+        self._keep = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        self.env = {"GRID_TEST_FIFO": str(self.path)}
+
+    def wait(self, timeout: float = WAIT) -> None:
+        readable, _, _ = select.select([self._fd], [], [], timeout)
+        assert readable and os.read(self._fd, 1), "no job started"
+
+    def close(self) -> None:
+        os.close(self._keep)
+        os.close(self._fd)
+
+
+@pytest.fixture
+def job_started(tmp_path: Path) -> Iterator[JobStarted]:
+    started = JobStarted(tmp_path)
+    yield started
+    started.close()

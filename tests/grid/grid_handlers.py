@@ -33,3 +33,23 @@ def pid(data: bytes) -> bytes:
     import os
 
     return f"{os.getpid()}".encode()
+
+
+def signalled_slow(data: bytes) -> bytes:
+    """Tell the test (a byte in the FIFO named by $GRID_TEST_FIFO) that a job started, then work 0.3 s."""
+    import os
+
+    with open(os.environ["GRID_TEST_FIFO"], "wb") as fifo:
+        fifo.write(b"s")
+    time.sleep(0.3)
+    return data
+
+
+def signalled_hang(data: bytes) -> bytes:
+    """Like ``signalled_slow`` but never returns in a test's lifetime."""
+    import os
+
+    with open(os.environ["GRID_TEST_FIFO"], "wb") as fifo:
+        fifo.write(b"h")
+    time.sleep(600)
+    return data
