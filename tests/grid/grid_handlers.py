@@ -53,3 +53,9 @@ def signalled_hang(data: bytes) -> bytes:
         fifo.write(b"h")
     time.sleep(600)
     return data
+
+
+def tick(data: bytes) -> bytes:
+    """1 ms of work, then echo (chaos test)."""
+    time.sleep(0.001)
+    return data
