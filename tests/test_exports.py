@@ -10,10 +10,11 @@ import pytest
 import grpc_helper
 
 PUBLIC = {"ResultCode", "RpcClient", "RpcException", "RpcManager", "RpcServer", "RpcServiceDescriptor", "__version__"}
+PUBLIC_AIO = {"AsyncRpcClient", "AsyncRpcManager", "AsyncRpcServer"}
 
 
 def test_all_is_pinned() -> None:
-    assert set(grpc_helper.__all__) >= PUBLIC
+    assert set(grpc_helper.__all__) >= PUBLIC | PUBLIC_AIO
     assert len(grpc_helper.__all__) == len(set(grpc_helper.__all__))
     for name in grpc_helper.__all__:
         assert getattr(grpc_helper, name) is not None
@@ -29,3 +30,9 @@ def test_pytest_plugin_registered(pytestconfig: pytest.Config) -> None:
     entry_points = importlib.metadata.entry_points(group="pytest11")
     assert any(ep.value == "grpc_helper.testing" for ep in entry_points)
     assert pytestconfig.pluginmanager.hasplugin("grpc_helper")
+
+
+def test_plugin_has_async_fixtures(pytestconfig: pytest.Config) -> None:
+    plugin = pytestconfig.pluginmanager.getplugin("grpc_helper")
+    assert plugin is not None
+    assert {"async_rpc_server_factory", "async_rpc_client_factory"} <= set(vars(plugin))
