@@ -108,21 +108,32 @@ class WorkerSpawner:
             ]
 
     def stop_all(self, timeout: float = 5.0) -> None:
-        """Terminate every spawned worker still running (they drain on SIGTERM), kill those that linger."""
+        """Stop every spawned worker: those already told to stop (STOP command) get half of ``timeout`` to
+        exit on their own, then the rest get SIGTERM (they drain), and those that still linger SIGKILL."""
         with self._lock:
             self._closed = True
             procs = [proc for _, _, proc in self._procs]
+        deadline = time.monotonic() + timeout
+        # A SIGTERM racing a worker's own exit would kill it in its teardown: let it finish first.
+        self._wait_all(procs, time.monotonic() + timeout / 2)
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + timeout
+        for proc in self._wait_all(procs, deadline):
+            _log.warning("worker pid %d did not stop in %gs: killed", proc.pid, timeout)
+            proc.kill()
+            proc.wait()
+
+    @staticmethod
+    def _wait_all(procs: list[subprocess.Popen[bytes]], deadline: float) -> list[subprocess.Popen[bytes]]:
+        """Wait until ``deadline`` for the processes to exit; returns those still running."""
+        running = []
         for proc in procs:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _log.warning("worker pid %d did not stop in %gs: killed", proc.pid, timeout)
-                proc.kill()
-                proc.wait()
+                running.append(proc)
+        return running
 
     def _prune(self) -> None:
         # poll() reaps exited children (no zombies); keep a few exited entries for status.
