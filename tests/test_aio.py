@@ -30,6 +30,7 @@ from grpc_helper import (
     RpcException,
     RpcManager,
     RpcServiceDescriptor,
+    certs,
 )
 from grpc_helper.api.info_pb2 import InfoFilter
 
@@ -142,7 +143,7 @@ class Recorder(probe_pb2_grpc.AsyncProbeServicer, AsyncRpcManager):
         self.fail = fail
 
     async def load(self) -> None:
-        info = await self.client.info.get(InfoFilter(names=["sample"]))
+        info = await self.client.info.get(InfoFilter(names=["recorder"]))
         self.log.append(f"load {info.items[0].name}")
         if self.fail:
             raise RuntimeError("recorder load failure")
@@ -187,11 +188,11 @@ def probes(log: list[str], fail: bool = False) -> list[RpcServiceDescriptor]:
 async def test_manager_hooks_are_awaited_in_order(async_rpc_server_factory: Any) -> None:
     log: list[str] = []
     server = await async_rpc_server_factory([sample_descriptor(AsyncSampleManager()), *probes(log)])  # type: ignore[arg-type]
-    assert log == ["load sample", "sync load"]
+    assert log == ["load recorder", "sync load"]
     assert (await server.auto_client.recorder.ping(probe_pb2.Ping(text="a"))).text == "async a"
     assert (await server.auto_client.legacy.ping(probe_pb2.Ping(text="b"))).text == "sync b"
     await server.shutdown(1)
-    assert log == ["load sample", "sync load", "sync shutdown", "shutdown"]
+    assert log == ["load recorder", "sync load", "sync shutdown", "shutdown"]
     await server.shutdown()  # idempotent
     assert await server.wait_for_termination(0)
     assert log.count("shutdown") == 1
@@ -209,7 +210,7 @@ async def test_load_failure_shuts_down_the_managers_loaded_before(async_rpc_serv
     )
     with pytest.raises(RuntimeError, match="recorder load failure"):
         await failing.start()
-    assert log == ["load sample"]  # the failed manager is not shut down, the ones loaded before it are
+    assert log == ["load recorder"]  # the failed manager is not shut down, the ones loaded before it are
     assert loaded.state.stopped.is_set()
     assert await failing.wait_for_termination(0)
     again = await async_rpc_server_factory([sample_descriptor(AsyncSampleManager())], port=port)  # type: ignore[arg-type]
@@ -269,3 +270,18 @@ async def test_cancelled_shutdown_still_completes(async_rpc_server_factory: Any,
     assert (await call).text == "slow"
     assert await server.wait_for_termination(10)
     assert manager.state.stopped.is_set()
+
+
+async def test_mutual_tls(async_rpc_server_factory: Any, async_rpc_client_factory: Any, tmp_path: Path) -> None:
+    tls = certs.init(tmp_path / "tls", clients=["root", "alice"])
+    log: list[str] = []
+    server = await async_rpc_server_factory(
+        probes(log), credentials=certs.server_credentials(tls), client_credentials=certs.channel_credentials(tls, "root")
+    )
+    assert log == ["load recorder", "sync load"]  # the auto-client speaks TLS in load()
+    client = async_rpc_client_factory(server, credentials=certs.channel_credentials(tls, "alice"), timeout=5)
+    assert (await client.recorder.ping(probe_pb2.Ping(text="x"))).text == "async x"
+    plaintext = async_rpc_client_factory(server, timeout=0.5)
+    with pytest.raises(RpcException) as caught:
+        await plaintext.recorder.ping(probe_pb2.Ping(text="x"))
+    assert caught.value.rc == ResultCode.ERROR_RPC
