@@ -59,9 +59,6 @@ RESULT_BY_STATUS: dict[grpc.StatusCode, int] = {
     _S.UNIMPLEMENTED: _R.ERROR_NOT_IMPLEMENTED,
 }
 
-_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
 def result_name(rc: int) -> str:
     """Name of a result code (``"ERROR_ITEM_UNKNOWN"``), or ``"RC_<n>"`` for a service-specific one."""
     try:
@@ -83,6 +80,12 @@ class RpcException(Exception):
         self.message = message
         self.rc = int(rc)
         self.status = status or STATUS_BY_RESULT.get(self.rc, grpc.StatusCode.UNKNOWN)
+
+    @classmethod
+    def from_grpc_error(cls, error: grpc.RpcError) -> RpcException:
+        """The ``RpcException`` a failed grpcio call (sync or ``grpc.aio``) carries, for code that uses raw
+        stubs: the server's ``ResultCode`` when it is a grpc-helper server, else one fitting the status."""
+        return from_rpc_error(error)
 
     def __str__(self) -> str:
         return f"{self.message} ({result_name(self.rc)})"
@@ -140,8 +143,3 @@ def carries_result(error: grpc.RpcError) -> bool:
     """True when the failure was raised by a grpc-helper server (so it is an answer, not a transport problem)."""
     call: grpc.Call = error  # type: ignore[assignment]
     return _carried_result(call.trailing_metadata()) is not None  # type: ignore[arg-type]
-
-
-def status_code(number: int) -> grpc.StatusCode:
-    """The ``grpc.StatusCode`` with this numeric value."""
-    return _STATUS_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)

@@ -77,6 +77,9 @@ def test_plain_grpc_stub_sees_code_and_text(stack_server: Any) -> None:
             stub.echo(Request(rc=ResultCode.ERROR_ITEM_UNKNOWN), timeout=5)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert caught.value.details() == f"asked to fail with {ResultCode.ERROR_ITEM_UNKNOWN}"
+    # Code using raw stubs gets the same RpcException as RpcClient raises.
+    rebuilt = RpcException.from_grpc_error(caught.value)
+    assert (rebuilt.rc, rebuilt.status) == (ResultCode.ERROR_ITEM_UNKNOWN, grpc.StatusCode.NOT_FOUND)
 
 
 @pytest.mark.parametrize(

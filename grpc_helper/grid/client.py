@@ -407,7 +407,7 @@ class AsyncGridClient:
         try:
             return await method(request, metadata=self._metadata, wait_for_ready=True)
         except grpc.aio.AioRpcError as error:
-            raise _translate(error) from None
+            raise RpcException.from_grpc_error(error) from None
 
     async def submit(self, service_id: str, version: str | int, data: bytes) -> AsyncJobHandle:
         return (await self.submit_batch(service_id, version, [data]))[0]
@@ -472,7 +472,7 @@ class AsyncGridClient:
                     _settle(future, result)
             error = RpcException("the grid server ended the results stream", ResultCode.ERROR_STREAM_SHUTDOWN)
         except grpc.aio.AioRpcError as exc:
-            error = _translate(exc)
+            error = RpcException.from_grpc_error(exc)
         except asyncio.CancelledError:
             error = RpcException("grid client closed", ResultCode.ERROR_CANCELLED)
         self._core.fail_all(error)
@@ -493,19 +493,3 @@ class AsyncGridClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-
-def _translate(error: grpc.aio.AioRpcError) -> RpcException:
-    """gRPC failure -> RpcException for the asyncio client (the sync one gets it from RpcClient)."""
-    # TODO(core): use the core's asyncio client translation once it is public (rc from the rich status).
-    code = error.code()
-    rc = {
-        grpc.StatusCode.RESOURCE_EXHAUSTED: ResultCode.ERROR_RESOURCE_EXHAUSTED,
-        grpc.StatusCode.NOT_FOUND: ResultCode.ERROR_ITEM_UNKNOWN,
-        grpc.StatusCode.INVALID_ARGUMENT: ResultCode.ERROR_PARAM_INVALID,
-        grpc.StatusCode.UNAVAILABLE: ResultCode.ERROR_RPC,
-        grpc.StatusCode.CANCELLED: ResultCode.ERROR_CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED: ResultCode.ERROR_DEADLINE,
-        grpc.StatusCode.FAILED_PRECONDITION: ResultCode.ERROR_STATE_UNEXPECTED,
-    }.get(code, ResultCode.ERROR)
-    return RpcException(error.details() or code.name, rc, status=code)
