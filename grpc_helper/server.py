@@ -63,6 +63,11 @@ class ServerCore:
         self.lock = threading.Lock()
 
     @property
+    def address(self) -> str:
+        """``host:port`` as served (the real port once bound), labelling this server in dumps."""
+        return f"{self.host}:{self.port or self.requested_port}"
+
+    @property
     def bind_address(self) -> str:
         return f"{self.host}:{self.requested_port}"
 
@@ -102,7 +107,7 @@ class ServerCore:
         return client_cls(self.client_host, self.port, stubs, name="auto-client", credentials=credentials)
 
     def dump(self) -> Path:
-        return dump(self.dump_folder, [(self.bind_address, self.calls)])
+        return dump(self.dump_folder, [(self.address, self.calls)])
 
 
 class RpcServer:
@@ -182,7 +187,7 @@ class RpcServer:
             self.shutdown()
             raise
         core.set_health(health_pb2.HealthCheckResponse.SERVING)
-        self._dumper_registered = Usr2Dumper.register(id(self), core.bind_address, core.dump_folder, core.calls)
+        self._dumper_registered = Usr2Dumper.register(id(self), core.address, core.dump_folder, core.calls)
         _log.info("serving %s on %s:%d", ", ".join(d.name for d in core.descriptors), host, core.port)
 
     @property

@@ -129,6 +129,7 @@ def test_usr2_dump_lists_threads_and_pending_calls(rpc_server_factory: Any, rpc_
         text = dumps[0].read_text()
         assert "== Threads ==" in text and "MainThread" in text and "test_usr2_dump" in text
         assert f"/{SAMPLE}/echo client={client_name} peer=ipv4:127.0.0.1:" in text
+        assert f"127.0.0.1:{server.port}: 1 pending" in text
         assert chained == [signal.SIGUSR2]  # the previous handler is chained
         server.shutdown()
         assert signal.getsignal(signal.SIGUSR2) is not None

@@ -139,7 +139,7 @@ class AsyncRpcServer:
             await self.shutdown()
             raise
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self._dumper_registered = Usr2Dumper.register(id(self), core.bind_address, core.dump_folder, core.calls)
+        self._dumper_registered = Usr2Dumper.register(id(self), core.address, core.dump_folder, core.calls)
         _log.info("serving %s on %s:%d (asyncio)", ", ".join(d.name for d in core.descriptors), core.host, core.port)
 
     async def shutdown(self, grace: float | None = None) -> None:
