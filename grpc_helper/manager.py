@@ -47,5 +47,9 @@ class RpcManager:
     def load(self) -> None:
         """Called once every service of the server is serving; raise to make the server start fail."""
 
+    def begin_shutdown(self) -> None:
+        """Called when server shutdown starts (health is NOT_SERVING), before in-flight calls get their grace
+        period: end long-lived streams here (wake followers, tell peers to stop) and refuse new work."""
+
     def shutdown(self) -> None:
         """Called at server shutdown, once in-flight calls are finished (or the grace period is over)."""

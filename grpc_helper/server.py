@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +29,27 @@ from grpc_helper.manager import RpcManager
 _log = logging.getLogger("grpc_helper.server")
 
 _WILDCARDS = {"", "[::]", "::", "0.0.0.0"}
+
+
+def _logged(hook: Callable[[], Any], what: str) -> Callable[[], Any]:
+    def run() -> Any:
+        try:
+            result = hook()
+        except Exception:
+            _log.exception("%s failed", what)
+            return None
+        if inspect.isawaitable(result):
+            return _logged_await(result, what)
+        return result
+
+    return run
+
+
+async def _logged_await(result: Awaitable[Any], what: str) -> None:
+    try:
+        await result
+    except Exception:
+        _log.exception("%s failed", what)
 
 
 class ServerCore:
@@ -108,6 +130,14 @@ class ServerCore:
 
     def dump(self) -> Path:
         return dump(self.dump_folder, [(self.address, self.calls)])
+
+    @staticmethod
+    def hooks(managers: Sequence[Any], name: str) -> Iterator[Callable[[], Any]]:
+        """Each manager's ``name`` hook, last loaded first, wrapped so a failing one is logged, not raised."""
+        for manager in reversed(managers):
+            hook = getattr(manager, name, None)
+            if callable(hook):
+                yield _logged(hook, f"{type(manager).__name__}.{name}()")
 
 
 class RpcServer:
@@ -211,8 +241,9 @@ class RpcServer:
         return self._core.dump()
 
     def shutdown(self, grace: float | None = None) -> None:
-        """Stop serving: health NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds
-        (None: cancel them now), run each manager's ``shutdown()``, join threads. Idempotent.
+        """Stop serving: health NOT_SERVING, each manager's ``begin_shutdown()``, refuse new calls, give
+        in-flight calls ``grace`` seconds (None: cancel them now), each manager's ``shutdown()``, join threads.
+        Idempotent.
 
         Called from one of the server's own calls (a "shutdown" RPC), it returns at once and the shutdown
         proceeds in a thread of its own, so that call can still answer."""
@@ -225,13 +256,12 @@ class RpcServer:
                 return
             core.shutting_down = True
         core.health.enter_graceful_shutdown()
+        # Before stop(): even with no grace, managers can end their streams while they are still open.
+        for hook in core.hooks(self._loaded, "begin_shutdown"):
+            hook()
         self._server.stop(grace).wait()
-        for manager in reversed(self._loaded):
-            try:
-                if callable(getattr(manager, "shutdown", None)):
-                    manager.shutdown()
-            except Exception:
-                _log.exception("%s.shutdown() failed", type(manager).__name__)
+        for hook in core.hooks(self._loaded, "shutdown"):
+            hook()
         if self._client is not None:
             self._client.close()
         if self._dumper_registered:

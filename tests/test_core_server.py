@@ -213,3 +213,26 @@ def test_shutdown_from_a_call_answers_then_stops(rpc_server_factory: Any, rpc_cl
     client = rpc_client_factory(holder[0], stubs(), timeout=1)
     assert client.sample.echo(Request(text="bye")).text == "bye"
     assert holder[0].wait_for_termination(10)
+
+
+def test_begin_shutdown_lets_managers_end_long_calls(rpc_server_factory: Any, rpc_client_factory: Any) -> None:
+    events: list[str] = []
+
+    class Ending(SampleManager):
+        def begin_shutdown(self) -> None:
+            events.append("begin")
+            self.release.set()  # what a manager does to end its long-lived calls
+
+        def shutdown(self) -> None:
+            events.append("shutdown")
+            super().shutdown()
+
+    manager = Ending()
+    server = rpc_server_factory([sample_descriptor(manager)])
+    client = rpc_client_factory(server, stubs(), timeout=1)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(client.sample.echo, Request(text="released", delay=60))
+        assert manager.entered.wait(5)
+        server.shutdown(30)  # the call would outlive this grace without begin_shutdown
+        assert pending.result(10).text == "released"
+    assert events == ["begin", "shutdown"]

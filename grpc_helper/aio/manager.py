@@ -52,5 +52,9 @@ class AsyncRpcManager:
     async def load(self) -> None:
         """Awaited once every service of the server is serving; raise to make ``start()`` fail."""
 
+    async def begin_shutdown(self) -> None:
+        """Awaited when server shutdown starts (health is NOT_SERVING), before in-flight calls get their grace
+        period: end long-lived streams here and refuse new work."""
+
     async def shutdown(self) -> None:
         """Awaited at server shutdown, once in-flight calls are finished (or the grace period is over)."""

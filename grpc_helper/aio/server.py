@@ -159,14 +159,13 @@ class AsyncRpcServer:
     async def _shutdown(self, grace: float | None) -> None:
         try:
             await self._health.enter_graceful_shutdown()
+            # Before stop(): even with no grace, managers can end their streams while they are still open.
+            for hook in ServerCore.hooks(self._loaded, "begin_shutdown"):
+                await _maybe_await(hook())
             if self._server is not None:
                 await self._server.stop(grace)
-            for manager in reversed(self._loaded):
-                try:
-                    if callable(getattr(manager, "shutdown", None)):
-                        await _maybe_await(manager.shutdown())
-                except Exception:
-                    _log.exception("%s.shutdown() failed", type(manager).__name__)
+            for hook in ServerCore.hooks(self._loaded, "shutdown"):
+                await _maybe_await(hook())
             if self._client is not None:
                 await self._client.close()
         finally:

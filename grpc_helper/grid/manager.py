@@ -129,6 +129,10 @@ class _GridManager(RpcManager):
     def load(self) -> None:
         self.grid.start()
 
+    def begin_shutdown(self) -> None:
+        # Workers get STOP and clients their pending jobs' failures while their streams are still open.
+        self.grid.close()
+
     def shutdown(self) -> None:
         self.grid.close()
 

@@ -120,6 +120,14 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, RpcManager):
             raise RpcException("jobs service not loaded", ResultCode.ERROR_STATE_UNEXPECTED)
         return self._store
 
+    def begin_shutdown(self) -> None:
+        """Refuse new jobs and end the log streams now, so in-flight calls finish within the grace period."""
+        self._closing.set()
+        with self.lock:
+            live = list(self._live.values())
+        for job in live:
+            job.log.wake()
+
     def shutdown(self) -> None:
         """Stop running jobs (SIGTERM, SIGKILL after ``stop_grace``), then close the store."""
         self._closing.set()
@@ -331,6 +339,9 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, RpcManager):
         try:
             for stream, data in log.read(request.follow, cancelled, chunk_size):
                 yield jobs_pb2.LogChunk(stream=jobs_pb2.STDOUT if stream == STDOUT else jobs_pb2.STDERR, data=data)
+            if request.follow and closing.is_set() and not log.closed:
+                # A follower must not mistake the end of this stream for the end of the job.
+                raise RpcException("the server is shutting down: the job's output was cut", ResultCode.ERROR_STREAM_SHUTDOWN)
         finally:
             with self.lock:
                 self._readers -= 1
