@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 import grpc
 
@@ -123,26 +120,16 @@ def _serve(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat,
         heartbeat_timeout=3 * args.heartbeat,
     )
-    stop = threading.Event()
-    descs = descriptors(limits=limits, handlers=handlers, worker_args=args.worker_arg, on_shutdown=stop.set)
-    grid = descs[0].manager.grid
+    hosting: list[RpcServer] = []  # the controller's shutdown stops the server once the grid is closed
+    descs = descriptors(
+        limits=limits, handlers=handlers, worker_args=args.worker_arg, on_shutdown=lambda: hosting[0].shutdown(2.0)
+    )
     creds = _server_credentials(args)
     client_creds = channel_credentials(args) if creds is not None else None
     server = RpcServer(args.port, descs, host=args.host, credentials=creds, client_credentials=client_creds)
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    hosting.append(server)
     print(f"grid serving on {args.host}:{server.port}", flush=True)
-    try:
-        while not stop.wait(3600):
-            pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        grid.close()  # first: result streams end with ERROR_STREAM_SHUTDOWN, workers get STOP
-        server.shutdown(grace=2.0)
+    server.serve_forever(grace=2.0)  # the grid closes first (begin_shutdown): workers drain, streams end
     return 0
 
 

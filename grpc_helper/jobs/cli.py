@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,24 +206,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"cannot read TLS material: {e} (create it with: python -m grpc_helper.certs init {tls_dir})", EXIT_DENIED
         ) from None
     admins = set(args.admin) | tls.admins_of(tls_dir)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if stop.is_set():  # second signal: do not wait for the graceful shutdown
-            os._exit(128 + signum)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     options = {"cgroups": not args.no_cgroups, "stop_grace": args.grace}
     server = RpcServer(
         port, [descriptor(args.state_dir, admins, **options)], host=host, credentials=creds, max_workers=args.workers
     )
     print(f"jobs: serving on {host}:{server.port} (mTLS, CA {args.ca or tls_dir / 'ca.pem'}), "
           f"state in {Path(args.state_dir).expanduser()}, admins: {', '.join(sorted(admins)) or '-'}", flush=True)
-    stop.wait()
-    logging.getLogger("grpc_helper.jobs").info("shutting down")
-    server.shutdown(grace=1.0)
+    server.serve_forever(grace=1.0)  # Ctrl+C/SIGTERM: running jobs are stopped; a second signal exits at once
     return EXIT_OK
 
 
