@@ -173,6 +173,10 @@ def _submit(args: argparse.Namespace) -> int:
             except JobError as exc:
                 failed += 1
                 print(f"{handle.job_id}: ERROR {exc.message}")
+            except TimeoutError:
+                failed += 1
+                print(f"{handle.job_id}: no result within {args.timeout:g}s (is a worker serving "
+                      f"{args.service}/{args.version}?)")
     return 1 if failed else 0
 
 
@@ -205,6 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 done = ctl.shutdown(args.delay)
                 print(f"shutting down in {done.delay:g}s ({done.jobs_pending} job(s) pending will fail)")
         return 0
-    except RpcException as exc:
+    except (RpcException, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

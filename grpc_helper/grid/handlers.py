@@ -30,9 +30,12 @@ def load_handler(reference: str) -> Handler:
     module_name, sep, attr = reference.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"handler must be 'package.module:function', got {reference!r}")
-    target: object = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
+    try:
+        target: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load handler {reference!r}: {exc}") from None
     if not callable(target):
-        raise TypeError(f"{reference} is not callable")
+        raise ValueError(f"handler {reference!r} is not callable")
     return target  # type: ignore[return-value]

@@ -1,0 +1,26 @@
+"""Grid CLI errors: one clear line and a distinct exit code, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import GridServer
+
+
+def grid_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "grpc_helper.grid", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_unknown_handler_is_one_line_error() -> None:
+    result = grid_cli("worker", "--endpoint", "127.0.0.1:1", "--service", "s", "--version", "1", "no_such.module:f")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: cannot load handler 'no_such.module:f': No module named 'no_such'"
+
+
+def test_submit_without_worker_reports_missing_results(grid_server: GridServer) -> None:
+    result = grid_cli("submit", "--endpoint", grid_server.endpoint, "--service", "nobody", "--version", "1",
+                      "--timeout", "0.5", "hello")
+    assert result.returncode == 1
+    assert "no result within 0.5s (is a worker serving nobody/1?)" in result.stdout
+    assert "Traceback" not in result.stderr
