@@ -45,6 +45,16 @@ def default_stubs(descriptors: Sequence[RpcServiceDescriptor]) -> dict[str, tupl
     return {d.name: (d.client_stub, d.current_api_version) for d in descriptors}
 
 
+def _client_args(
+    server: Any, stubs: Mapping[str, tuple[type, int]] | None, kwargs: dict[str, Any]
+) -> tuple[str, int, Mapping[str, tuple[type, int]]]:
+    """(host, port, stubs) for a test client of ``server``; pops ``host``/``port`` from ``kwargs``, names it."""
+    host = kwargs.pop("host", "127.0.0.1")
+    port = kwargs.pop("port", None) or server.port
+    kwargs.setdefault("name", "pytest")
+    return host, port, default_stubs(server.descriptors) if stubs is None else stubs
+
+
 @pytest.fixture
 def rpc_dump_folder(tmp_path: Path) -> Path:
     """Folder receiving the debug dumps of servers made by ``rpc_server_factory``."""
@@ -78,12 +88,7 @@ def rpc_client_factory() -> Iterator[ClientFactory]:
     def make(
         server: Any = None, stubs: Mapping[str, tuple[type, int]] | None = None, **kwargs: Any
     ) -> RpcClient:
-        host = kwargs.pop("host", "127.0.0.1")
-        port = kwargs.pop("port", None) or server.port
-        if stubs is None:
-            stubs = default_stubs(server.descriptors)
-        kwargs.setdefault("name", "pytest")
-        client = RpcClient(host, port, stubs, **kwargs)
+        client = RpcClient(*_client_args(server, stubs, kwargs), **kwargs)
         clients.append(client)
         return client
 
@@ -127,12 +132,7 @@ if pytest_asyncio is not None:
         clients: list[AsyncRpcClient] = []
 
         def make(server: Any = None, stubs: Mapping[str, tuple[type, int]] | None = None, **kwargs: Any) -> AsyncRpcClient:
-            host = kwargs.pop("host", "127.0.0.1")
-            port = kwargs.pop("port", None) or server.port
-            if stubs is None:
-                stubs = default_stubs(server.descriptors)
-            kwargs.setdefault("name", "pytest")
-            client = AsyncRpcClient(host, port, stubs, **kwargs)
+            client = AsyncRpcClient(*_client_args(server, stubs, kwargs), **kwargs)
             clients.append(client)
             return client
 
