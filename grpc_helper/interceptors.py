@@ -7,6 +7,7 @@ scan and one dict lookup. The checks and translations are shared with the asynci
 
 from __future__ import annotations
 
+import abc
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -103,7 +104,7 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
     context.abort_with_status(to_status(unexpected_error(method, exc)))
 
 
-class InterceptorCore:
+class InterceptorCore(abc.ABC):
     """The per-call decision both server interceptors share: refuse on API version, else the cached wrapped handler.
 
     Subclasses say how to wrap a handler (``_wrap``) and how to refuse a call (``_refuse``).
@@ -129,11 +130,13 @@ class InterceptorCore:
             self._wrapped[method] = entry
         return entry[1]
 
+    @abc.abstractmethod
     def _wrap(self, method: str, handler: Handler) -> Handler:
-        raise NotImplementedError
+        """The handler running ``handler``'s behaviour with call tracking and error mapping."""
 
+    @abc.abstractmethod
     def _refuse(self, error: RpcException) -> Callable[..., Any]:
-        raise NotImplementedError
+        """A behaviour failing the call with ``error``."""
 
 
 class RpcServerInterceptor(InterceptorCore, ServerInterceptor):
