@@ -123,7 +123,7 @@ class AsyncRpcClient(ClientCore):
         async with AsyncRpcClient("127.0.0.1", 50051, {"my": (MyServiceStub, MY_API_CURRENT)}) as client:
             status = await client.my.update(MyConfig(), timeout=5)
             async for event in client.my.watch(Filter()):
-                ...
+                print(event)
     """
 
     def __init__(
