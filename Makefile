@@ -35,6 +35,8 @@ test: lint types pytest
 
 bench: venv
 	$(PY) bench/core_overhead.py
+	$(PY) bench/jobs_logs.py
+	$(PY) bench/grid_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/generated
