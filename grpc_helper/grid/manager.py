@@ -16,17 +16,17 @@ from grpc_helper import ResultCode, RpcException, RpcManager, RpcServiceDescript
 from grpc_helper.grid.api import grid_pb2 as pb
 from grpc_helper.grid.api import grid_pb2_grpc as pb_grpc
 from grpc_helper.grid.config import GridLimits
-from grpc_helper.grid.scheduler import (
+from grpc_helper.grid.model import (
     GridClosedError,
     GridError,
     GridLimitError,
     GridParamError,
     GridUnknownError,
     JobView,
-    Scheduler,
     Worker,
     WorkerResult,
 )
+from grpc_helper.grid.scheduler import Scheduler
 from grpc_helper.grid.spawner import DEFAULT_HANDLER, WorkerSpawner, WorkerSpec
 
 _log = logging.getLogger("grpc_helper.grid")

@@ -1,163 +1,37 @@
 """Grid scheduler: queues per (service_id, service_version), worker leases, retries, exactly-once delivery.
 
-Pure logic under one lock: no gRPC, no sleeps. Blocking calls (``next_results``, ``next_for_worker``) wait on
+Pure logic under one lock: no I/O, no sleeps. Blocking calls (``next_results``, ``next_for_worker``) wait on
 conditions that submit/complete/disconnect events notify. The only timed wait is the heartbeat reaper.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from grpc_helper import ResultCode
 from grpc_helper.grid.config import GridLimits
-
-Key = tuple[str, str]  # (service_id, service_version)
-
-# Values of grpc_helper.ResultCode (kept here so that this module stays free of gRPC; a test pins them)
-RC_OK = 0
-RC_RPC = 13
-RC_STREAM_SHUTDOWN = 14
-RC_CANCELLED = 16
-RC_RESOURCE_EXHAUSTED = 43
-RC_CUSTOM = 100
-
-
-class JobState(enum.IntEnum):
-    """Same values as the proto enum grpc_helper.grid.JobState."""
-
-    QUEUED = 1
-    RUNNING = 2
-    DONE = 3
-    FAILED = 4
-    CANCELLED = 5
-
-
-TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
-
-
-class GridError(Exception):
-    """Base of the scheduler's errors; the manager maps each subclass to a ResultCode."""
-
-
-class GridLimitError(GridError):
-    """A limit was reached (RESOURCE_EXHAUSTED)."""
-
-
-class GridParamError(GridError):
-    """Invalid parameter (INVALID_ARGUMENT)."""
-
-
-class GridUnknownError(GridError):
-    """Unknown job or worker (NOT_FOUND)."""
-
-
-class GridClosedError(GridError):
-    """The grid is shut down (UNAVAILABLE / ERROR_STREAM_SHUTDOWN)."""
-
-
-@dataclass(frozen=True, slots=True)
-class JobView:
-    """Snapshot of a job, as sent to clients."""
-
-    job_id: int
-    state: JobState
-    data: bytes = b""
-    error: str = ""
-    attempts: int = 0
-    rc: int = RC_OK
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    """A job leased to a worker."""
-
-    job_id: int
-    attempt: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerResult:
-    """A worker's answer for one job."""
-
-    job_id: int
-    attempt: int
-    ok: bool
-    data: bytes = b""
-    error: str = ""
-
-
-@dataclass(slots=True)
-class WorkerOutput:
-    """What the server sends next on a worker stream."""
-
-    jobs: list[Dispatch] = field(default_factory=list)
-    stop: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    id: int
-    session: str
-    key: Key
-    payload: bytes | None
-    state: JobState = JobState.QUEUED
-    attempts: int = 0
-    failures: int = 0
-    losses: int = 0
-    worker: int | None = None
-    data: bytes = b""
-    error: str = ""
-    rc: int = RC_OK
-    delivered: bool = False
-
-    def view(self) -> JobView:
-        return JobView(self.id, self.state, self.data, self.error, self.attempts, self.rc)
-
-
-class WorkerState(enum.Enum):
-    ACTIVE = "active"
-    STOPPING = "stopping"
-    GONE = "gone"
-
-
-@dataclass(eq=False)
-class Worker:
-    """A registered worker (one bidirectional stream)."""
-
-    id: int
-    key: Key
-    description: str
-    concurrency: int
-    window: int
-    pid: int
-    host: str
-    peer: str
-    cond: threading.Condition
-    since: float
-    last_seen: float
-    state: WorkerState = WorkerState.ACTIVE
-    leases: set[int] = field(default_factory=set)
-    outbox: deque[int] = field(default_factory=deque)
-    stop_pending: bool = False
-    jobs_done: int = 0
-    jobs_failed: int = 0
-    reason: str = ""
-
-
-@dataclass(eq=False)
-class _Session:
-    id: str
-    cond: threading.Condition
-    outbox: deque[int] = field(default_factory=deque)
-    pending: int = 0  # jobs of this session not delivered yet
-    stream: int = 0  # token of the open results stream (0: none)
+from grpc_helper.grid.model import (
+    TERMINAL,
+    Dispatch,
+    GridClosedError,
+    GridLimitError,
+    GridParamError,
+    GridUnknownError,
+    JobRecord,
+    JobState,
+    JobView,
+    Key,
+    Session,
+    Worker,
+    WorkerOutput,
+    WorkerResult,
+    WorkerState,
+)
 
 
 class Scheduler:
@@ -172,11 +46,11 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._worker_ids = itertools.count(1)
         self._tokens = itertools.count(1)
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, JobRecord] = {}
         self._queues: dict[Key, deque[int]] = {}
         self._workers: dict[int, Worker] = {}
         self._by_key: dict[Key, dict[int, Worker]] = {}
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, Session] = {}
         self._retained: OrderedDict[int, int] = OrderedDict()  # delivered job id -> result size
         self._retained_bytes = 0
         self._held = 0  # jobs not delivered yet
@@ -223,7 +97,7 @@ class Scheduler:
             for job in list(self._jobs.values()):
                 if job.state not in TERMINAL:
                     self._discard_lease(job)
-                    self._finish(job, JobState.FAILED, error=reason, rc=RC_STREAM_SHUTDOWN)
+                    self._finish(job, JobState.FAILED, error=reason, rc=ResultCode.ERROR_STREAM_SHUTDOWN)
                     failed += 1
             self._queues.clear()
             for worker in self._workers.values():
@@ -293,7 +167,7 @@ class Scheduler:
             queue = self._queues.setdefault(key, deque())
             ids = []
             for payload in payloads:
-                job = _Job(next(self._ids), session_id, key, payload)
+                job = JobRecord(next(self._ids), session_id, key, payload)
                 self._jobs[job.id] = job
                 queue.append(job.id)
                 ids.append(job.id)
@@ -327,7 +201,7 @@ class Scheduler:
                     queue.remove(job.id)
             if job.state in (JobState.QUEUED, JobState.RUNNING):
                 self._discard_lease(job, only_unsent=True)
-                self._finish(job, JobState.CANCELLED, error="cancelled by client", rc=RC_CANCELLED)
+                self._finish(job, JobState.CANCELLED, error="cancelled by client", rc=ResultCode.ERROR_CANCELLED)
             return job.view()
 
     def open_stream(self, session_id: str) -> int:
@@ -558,17 +432,17 @@ class Scheduler:
 
     # ---- internals (lock held) ----
 
-    def _session(self, session_id: str) -> _Session:
+    def _session(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
         if session is None:
-            session = self._sessions[session_id] = _Session(session_id, threading.Condition(self._lock))
+            session = self._sessions[session_id] = Session(session_id, threading.Condition(self._lock))
         return session
 
-    def _forget_session(self, session: _Session) -> None:
+    def _forget_session(self, session: Session) -> None:
         if session.stream == 0 and session.pending == 0 and not session.outbox:
             self._sessions.pop(session.id, None)
 
-    def _job(self, job_id: int, session_id: str) -> _Job:
+    def _job(self, job_id: int, session_id: str) -> JobRecord:
         job = self._jobs.get(job_id)
         if job is None or (session_id and job.session != session_id):
             raise GridUnknownError(f"unknown job {job_id} (never submitted by this session, or result dropped)")
@@ -621,7 +495,7 @@ class Scheduler:
                     JobState.FAILED,
                     error=f"result of {len(result.data)} bytes exceeds max_payload_bytes="
                     f"{self.limits.max_payload_bytes}",
-                    rc=RC_RESOURCE_EXHAUSTED,
+                    rc=ResultCode.ERROR_RESOURCE_EXHAUSTED,
                 )
             else:
                 self._finish(job, JobState.DONE, data=result.data)
@@ -632,13 +506,13 @@ class Scheduler:
         job.failures += 1
         if job.failures > self.limits.max_retries:
             self._finish(
-                job, JobState.FAILED, error=f"handler failed {job.failures} times: {result.error}", rc=RC_CUSTOM
+                job, JobState.FAILED, error=f"handler failed {job.failures} times: {result.error}", rc=ResultCode.ERROR_CUSTOM
             )
         else:
             self.counters["retried"] += 1
             self._requeue(job, front=False)
 
-    def _requeue(self, job: _Job, *, front: bool) -> None:
+    def _requeue(self, job: JobRecord, *, front: bool) -> None:
         job.state = JobState.QUEUED
         job.worker = None
         queue = self._queues.setdefault(job.key, deque())
@@ -647,7 +521,7 @@ class Scheduler:
         else:
             queue.append(job.id)
 
-    def _discard_lease(self, job: _Job, only_unsent: bool = False) -> None:
+    def _discard_lease(self, job: JobRecord, only_unsent: bool = False) -> None:
         """Drop the job from its worker's outbox; free the lease unless the worker may already run it."""
         worker = self._workers.get(job.worker) if job.worker is not None else None
         if worker is None:
@@ -688,7 +562,7 @@ class Scheduler:
             job.losses += 1
             self.counters["requeued"] += 1
             if job.losses > self.limits.max_requeues:
-                self._finish(job, JobState.FAILED, error=f"worker lost {job.losses} times ({reason})", rc=RC_RPC)
+                self._finish(job, JobState.FAILED, error=f"worker lost {job.losses} times ({reason})", rc=ResultCode.ERROR_RPC)
             else:
                 self._requeue(job, front=True)
         worker.leases.clear()
@@ -697,7 +571,7 @@ class Scheduler:
         self._dispatch(worker.key)
         self._changed.notify_all()
 
-    def _finish(self, job: _Job, state: JobState, *, data: bytes = b"", error: str = "", rc: int = RC_OK) -> None:
+    def _finish(self, job: JobRecord, state: JobState, *, data: bytes = b"", error: str = "", rc: int = ResultCode.OK) -> None:
         job.state = state
         job.worker = None
         self._held_bytes += len(data) - len(job.payload or b"")
@@ -712,7 +586,7 @@ class Scheduler:
         if len(session.outbox) == 1:
             session.cond.notify_all()
 
-    def _deliver(self, job: _Job) -> None:
+    def _deliver(self, job: JobRecord) -> None:
         job.delivered = True
         self._held -= 1
         self._held_bytes -= len(job.data)

@@ -7,16 +7,16 @@ import threading
 import pytest
 
 from grpc_helper import ResultCode
-from grpc_helper.grid import scheduler as sched
+from grpc_helper.grid import model as sched
 from grpc_helper.grid.config import GridLimits
-from grpc_helper.grid.scheduler import (
+from grpc_helper.grid.model import (
     GridClosedError,
     GridLimitError,
     GridUnknownError,
     JobState,
-    Scheduler,
     WorkerResult,
 )
+from grpc_helper.grid.scheduler import Scheduler
 
 KEY = ("echo", "1")
 
@@ -30,14 +30,6 @@ def drain_results(s: Scheduler, session: str) -> list[sched.JobView]:
     out = s.next_results(session, token, timeout=0)
     s.close_stream(session, token)
     return out or []
-
-
-def test_result_codes_match_core() -> None:
-    assert sched.RC_RPC == ResultCode.ERROR_RPC
-    assert sched.RC_STREAM_SHUTDOWN == ResultCode.ERROR_STREAM_SHUTDOWN
-    assert sched.RC_CANCELLED == ResultCode.ERROR_CANCELLED
-    assert sched.RC_RESOURCE_EXHAUSTED == ResultCode.ERROR_RESOURCE_EXHAUSTED
-    assert sched.RC_CUSTOM == ResultCode.ERROR_CUSTOM
 
 
 def test_routing_waits_for_matching_worker() -> None:
