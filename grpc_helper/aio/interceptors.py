@@ -59,12 +59,15 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
         call = adapt_arity(behavior)
         calls = self._calls
 
-        if inspect.isasyncgenfunction(behavior):
+        is_coroutine = inspect.iscoroutinefunction(behavior)
+        # A coroutine streams through context.write() (grpc.aio's other style): it is awaited, not iterated.
+        if handler.response_streaming and not is_coroutine:
+            items = call if inspect.isasyncgenfunction(behavior) else _async_items(call)
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 key = calls.begin(method, context)
                 try:
-                    async for item in call(request, context):
+                    async for item in items(request, context):
                         yield item
                 except grpc.aio.AbortError:
                     raise
@@ -75,44 +78,36 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
 
             return rebuild_handler(handler, stream)
 
-        if inspect.iscoroutinefunction(behavior):
+        result = call if is_coroutine else _async_result(call)
 
-            async def coroutine(request: Any, context: Context) -> Any:
-                key = calls.begin(method, context)
-                try:
-                    return await call(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort(context, method, exc)
-                finally:
-                    calls.end(key)
-
-            return rebuild_handler(handler, coroutine)
-
-        if handler.response_streaming:
-
-            async def sync_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                key = calls.begin(method, context)
-                try:
-                    for item in call(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort(context, method, exc)
-                finally:
-                    calls.end(key)
-
-            return rebuild_handler(handler, sync_stream)
-
-        async def sync_unary(request: Any, context: Context) -> Any:
+        async def unary(request: Any, context: Context) -> Any:
             key = calls.begin(method, context)
             try:
-                return call(request, context)
+                return await result(request, context)
+            except grpc.aio.AbortError:
+                raise
             except Exception as exc:
                 await _abort(context, method, exc)
             finally:
                 calls.end(key)
 
-        return rebuild_handler(handler, sync_unary)
+        return rebuild_handler(handler, unary)
+
+
+def _async_items(call: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    """A plain ``def`` streaming method, as an async generator (it runs on the loop: it must not block)."""
+
+    async def items(request: Any, context: Context) -> AsyncIterator[Any]:
+        for item in call(request, context):
+            yield item
+
+    return items
+
+
+def _async_result(call: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """A plain ``def`` unary method, as a coroutine function (it runs on the loop: it must not block)."""
+
+    async def result(request: Any, context: Context) -> Any:
+        return call(request, context)
+
+    return result
