@@ -140,7 +140,27 @@ class ServerCore:
                 yield _logged(hook, f"{type(manager).__name__}.{name}()")
 
 
-class RpcServer:
+class ServerView:
+    """What both servers show of their ``ServerCore``: port, hosted services, on-demand dumps."""
+
+    _core: ServerCore
+
+    @property
+    def port(self) -> int:
+        """The bound port (the chosen one when created with port 0; 0 while an async server is not started)."""
+        return self._core.port
+
+    @property
+    def descriptors(self) -> list[RpcServiceDescriptor]:
+        """Hosted services, the info service first."""
+        return list(self._core.descriptors)
+
+    def dump(self) -> Path:
+        """Write a debug dump (thread stacks, pending calls) now; returns its path."""
+        return self._core.dump()
+
+
+class RpcServer(ServerView):
     """A gRPC server hosting the services described by ``descriptors``, serving in its own threads.
 
     On top of the given services it hosts the info service, the standard health service (SERVING once
@@ -221,24 +241,10 @@ class RpcServer:
         _log.info("serving %s on %s:%d", ", ".join(d.name for d in core.descriptors), host, core.port)
 
     @property
-    def port(self) -> int:
-        """The bound port (the chosen one when created with port 0)."""
-        return self._core.port
-
-    @property
-    def descriptors(self) -> list[RpcServiceDescriptor]:
-        """Hosted services, the info service first."""
-        return list(self._core.descriptors)
-
-    @property
     def auto_client(self) -> RpcClient:
         """An ``RpcClient`` to every hosted service (``auto_client.info`` included)."""
         assert self._client is not None
         return self._client
-
-    def dump(self) -> Path:
-        """Write a debug dump (thread stacks, pending calls) now; returns its path."""
-        return self._core.dump()
 
     def shutdown(self, grace: float | None = None) -> None:
         """Stop serving: health NOT_SERVING, each manager's ``begin_shutdown()``, refuse new calls, give

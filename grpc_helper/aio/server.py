@@ -20,7 +20,7 @@ from grpc_helper.aio.interceptors import AsyncRpcServerInterceptor
 from grpc_helper.aio.manager import AsyncRpcManager
 from grpc_helper.debug import Usr2Dumper
 from grpc_helper.descriptor import RpcServiceDescriptor
-from grpc_helper.server import ServerCore
+from grpc_helper.server import ServerCore, ServerView
 
 _log = logging.getLogger("grpc_helper.server")
 
@@ -30,7 +30,7 @@ async def _maybe_await(result: Any) -> None:
         await result
 
 
-class AsyncRpcServer:
+class AsyncRpcServer(ServerView):
     """A ``grpc.aio`` server hosting the services described by ``descriptors``, on the running event loop.
 
     The same services as ``RpcServer`` are added (info, health, reflection), every call goes through the same
@@ -78,25 +78,11 @@ class AsyncRpcServer:
         self._stopping: asyncio.Future[None] | None = None
 
     @property
-    def port(self) -> int:
-        """The bound port (the chosen one when created with port 0); 0 before ``start()``."""
-        return self._core.port
-
-    @property
-    def descriptors(self) -> list[RpcServiceDescriptor]:
-        """Hosted services, the info service first."""
-        return list(self._core.descriptors)
-
-    @property
     def auto_client(self) -> AsyncRpcClient:
         """An ``AsyncRpcClient`` to every hosted service (``auto_client.info`` included); set by ``start()``."""
         if self._client is None:
             raise RuntimeError("the server is not started")
         return self._client
-
-    def dump(self) -> Path:
-        """Write a debug dump (thread stacks, pending calls) now; returns its path."""
-        return self._core.dump()
 
     async def _set_health(self, status: int) -> None:
         for name in self._core.health_names:
