@@ -7,6 +7,9 @@ call them with ``RpcClient``; the asyncio twins are ``AsyncRpcServer`` and ``Asy
 __title__ = "grpc-helper"
 __version__ = "1.0.0"
 
+from grpc_helper._access import Access
+from grpc_helper._identity import Identity, current_identity
+from grpc_helper._limits import CallLimits
 from grpc_helper.aio import AsyncRpcClient, AsyncRpcManager, AsyncRpcServer
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.client import RpcClient
@@ -16,9 +19,12 @@ from grpc_helper.manager import RpcManager
 from grpc_helper.server import RpcServer
 
 __all__ = [
+    "Access",
     "AsyncRpcClient",
     "AsyncRpcManager",
     "AsyncRpcServer",
+    "CallLimits",
+    "Identity",
     "ResultCode",
     "RpcClient",
     "RpcException",
@@ -26,4 +32,5 @@ __all__ = [
     "RpcServer",
     "RpcServiceDescriptor",
     "__version__",
+    "current_identity",
 ]

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from grpc_helper._access import Access, AccessSpec, access_by_method
+
 if TYPE_CHECKING:  # grpc-stubs makes these generic; grpcio's classes are not subscriptable at run time
     Handler = grpc.RpcMethodHandler[Any, Any]
     ServerInterceptor = grpc.ServerInterceptor[Any, Any]
@@ -20,11 +22,12 @@ else:
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """What the server knows of one method: its service and the API range it accepts."""
+    """What the server knows of one method: its service, the API range it accepts, who may call it."""
 
     service: str
     supported_api_version: int
     current_api_version: int
+    access: Access = Access.ANYONE
 
 
 class _HandlerRecorder:
@@ -77,10 +80,14 @@ class RpcServiceDescriptor:
     :param manager: the servicer instance (usually an ``RpcManager``) that implements the methods.
     :param register_method: the generated ``add_<Service>Servicer_to_server`` function.
     :param client_stub: the generated ``<Service>Stub`` class.
+    :param access: who may call the service's methods: one ``Access`` rule for all of them, or a mapping from
+        method names (as in the ``.proto``) to rules, ``"*"`` standing for the methods not named. The server
+        enforces it before the manager runs. Default: ``Access.ANYONE``.
 
     Example::
 
-        RpcServiceDescriptor(my_pkg, "my", MyApiVersion, MyManager(), add_MyServiceServicer_to_server, MyServiceStub)
+        RpcServiceDescriptor(my_pkg, "my", MyApiVersion, MyManager(), add_MyServiceServicer_to_server, MyServiceStub,
+                             access={"get": Access.AUTHENTICATED, "*": Access.ADMIN})
     """
 
     def __init__(
@@ -91,6 +98,7 @@ class RpcServiceDescriptor:
         manager: Any,
         register_method: Callable[[Any, Any], None],
         client_stub: type,
+        access: AccessSpec = Access.ANYONE,
     ) -> None:
         if not name or not name.isidentifier():
             raise ValueError(f"service name must be a Python identifier (it is a client attribute): {name!r}")
@@ -110,11 +118,15 @@ class RpcServiceDescriptor:
         self.full_name = recorder.service_name
         #: Method paths (``"/pkg.Service/method"``) served by this service.
         self.methods = tuple(f"/{self.full_name}/{m}" for m in recorder.handlers)
+        #: Who may call each method (``{path: Access}``).
+        self.access = access_by_method(access, {m: f"/{self.full_name}/{m}" for m in recorder.handlers})
 
     def method_infos(self) -> dict[str, MethodInfo]:
         """Per-method data for the server's interceptor, computed once at start-up."""
-        info = MethodInfo(self.full_name, self.supported_api_version, self.current_api_version)
-        return dict.fromkeys(self.methods, info)
+        return {
+            path: MethodInfo(self.full_name, self.supported_api_version, self.current_api_version, self.access[path])
+            for path in self.methods
+        }
 
     def __repr__(self) -> str:
         return f"RpcServiceDescriptor({self.name!r}, {self.full_name}, api {self.supported_api_version}..{self.current_api_version})"

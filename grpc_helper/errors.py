@@ -59,6 +59,27 @@ RESULT_BY_STATUS: dict[grpc.StatusCode, int] = {
     _S.UNIMPLEMENTED: _R.ERROR_NOT_IMPLEMENTED,
 }
 
+#: Longest status message sent; longer ones (a manager quoting huge input) are cut, so they always fit the
+#: trailing metadata.
+MAX_MESSAGE = 1024
+
+
+def bounded(value: object, limit: int = 80, *, quote: bool = True) -> str:
+    """Caller input (quoted, ``repr``-style) for an error message, cut to ``limit`` characters.
+
+    >>> bounded("x" * 1000, 10)
+    "'xxxxxxxxx…' (1000 chars)"
+    >>> bounded("x" * 1000, 10, quote=False)
+    'xxxxxxxxx… (1000 chars)'
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text) if quote else text
+    if quote:
+        return f"{text[: limit - 1]!r}…({len(text)} chars)".replace("'…(", "…' (")
+    return f"{text[: limit - 1]}… ({len(text)} chars)"
+
+
 def result_name(rc: int) -> str:
     """Name of a result code (``"ERROR_ITEM_UNKNOWN"``), or ``"RC_<n>"`` for a service-specific one."""
     try:
@@ -99,8 +120,9 @@ def to_status(exc: RpcException) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=result_name(exc.rc), domain=ERROR_DOMAIN, metadata={"rc": str(exc.rc)})
     detail = any_pb2.Any()
     detail.Pack(info)
-    rich = status_pb2.Status(code=exc.status.value[0], message=exc.message, details=[detail])
-    return _Status(exc.status, exc.message, ((STATUS_DETAILS_KEY, rich.SerializeToString()),))
+    message = exc.message if len(exc.message) <= MAX_MESSAGE else exc.message[: MAX_MESSAGE - 1] + "…"
+    rich = status_pb2.Status(code=exc.status.value[0], message=message, details=[detail])
+    return _Status(exc.status, message, ((STATUS_DETAILS_KEY, rich.SerializeToString()),))
 
 
 class _Status(grpc.Status):

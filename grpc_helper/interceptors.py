@@ -1,8 +1,9 @@
-"""The server interceptor: API-version checks, error mapping and call tracking for every call.
+"""The server interceptor: API-version checks, admission, error mapping and call tracking for every call.
 
-Per-method data (API range, wrapped handler) is computed once; per call the interceptor does one metadata
-scan and one dict lookup. The checks and translations are shared with the asyncio interceptor in
-``grpc_helper.aio``.
+Per-method data (API range, access rule, wrapped handler) is computed once; per call the interceptor does one
+metadata scan, one dict lookup and the admission (identity, access rule, quota: ``grpc_helper._admission``).
+Requests are decoded without raising (undecodable bytes fail the call with INVALID_ARGUMENT). The checks and
+translations are shared with the asyncio interceptor in ``grpc_helper.aio``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from typing import Any
 
 import grpc
 
+from grpc_helper._access import Access
+from grpc_helper._admission import Admission, CallGate, check_decoded, checked_requests, safe_deserializer
+from grpc_helper._identity import reset_current, set_current
+from grpc_helper._limits import SendWatchdog
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.debug import CallRegistry
 from grpc_helper.descriptor import Handler, MethodInfo, ServerInterceptor
-from grpc_helper.errors import RpcException, to_status
+from grpc_helper.errors import RpcException, bounded, to_status
 from grpc_helper.metadata import API_VERSION_KEY
 
 _log = logging.getLogger("grpc_helper.server")
@@ -34,7 +39,7 @@ def version_error(info: MethodInfo | None, metadata: Sequence[tuple[str, Any]] |
         try:
             version = int(value)
         except ValueError:
-            return RpcException(f"invalid {API_VERSION_KEY} metadata: {value!r}", ResultCode.ERROR_PARAM_INVALID)
+            return RpcException(f"invalid {API_VERSION_KEY} metadata: {bounded(value)}", ResultCode.ERROR_PARAM_INVALID)
         if version < info.supported_api_version:
             return RpcException(
                 f"client API version {version} is too old for {info.service} (server accepts "
@@ -54,7 +59,7 @@ def version_error(info: MethodInfo | None, metadata: Sequence[tuple[str, Any]] |
 def unexpected_error(method: str, exc: BaseException) -> RpcException:
     """The INTERNAL error a caller gets for a manager's unexpected exception (logged with its traceback)."""
     _log.error("unexpected error in %s", method, exc_info=exc)
-    return RpcException(f"{method} failed: {type(exc).__name__}: {exc}", status=grpc.StatusCode.INTERNAL)
+    return RpcException(f"{method} failed: {type(exc).__name__}: {bounded(exc, 200, quote=False)}", status=grpc.StatusCode.INTERNAL)
 
 
 def adapt_arity(behavior: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,12 +91,15 @@ def behavior_of(handler: Handler) -> Callable[..., Any]:
     return behavior
 
 
-def rebuild_handler(handler: Handler, behavior: Callable[..., Any]) -> Handler:
-    """A handler of the same shape and serializers as ``handler`` running ``behavior``."""
+def rebuild_handler(handler: Handler, behavior: Callable[..., Any], *, safe: bool = False) -> Handler:
+    """A handler of the same shape and serializers as ``handler`` running ``behavior``.
+
+    With ``safe``, requests are decoded by ``safe_deserializer`` (``behavior`` must check them)."""
     factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    deserializer = handler.request_deserializer
     return factory(  # type: ignore[no-any-return, operator]
         behavior,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=safe_deserializer(deserializer) if safe else deserializer,  # type: ignore[arg-type]
         response_serializer=handler.response_serializer,
     )
 
@@ -107,13 +115,22 @@ def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
 class InterceptorCore(abc.ABC):
     """The per-call decision both server interceptors share: refuse on API version, else the cached wrapped handler.
 
-    Subclasses say how to wrap a handler (``_wrap``) and how to refuse a call (``_refuse``).
+    Subclasses say how to wrap a handler (``_wrap``) and how to refuse a call (``_refuse``); wrapped handlers
+    admit each call through ``gate`` and let ``watchdog`` cut streams whose reader stopped reading.
     """
 
-    def __init__(self, methods: dict[str, MethodInfo], calls: CallRegistry) -> None:
+    def __init__(
+        self, methods: dict[str, MethodInfo], calls: CallRegistry, gate: CallGate, watchdog: SendWatchdog
+    ) -> None:
         self._methods = methods
         self._calls = calls
+        self._gate = gate
+        self._watchdog = watchdog
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def _rule(self, method: str) -> Access:
+        info = self._methods.get(method)
+        return info.access if info is not None else Access.ANYONE
 
     def handler_for(
         self, handler: Handler | None, details: grpc.HandlerCallDetails
@@ -154,31 +171,67 @@ class RpcServerInterceptor(InterceptorCore, ServerInterceptor):
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         call = adapt_arity(behavior_of(handler))
-        calls = self._calls
+        calls, gate, watchdog, rule = self._calls, self._gate, self._watchdog, self._rule(method)
+        streaming = handler.request_streaming or handler.response_streaming
+        request_streaming = handler.request_streaming
+
+        def admit(context: grpc.ServicerContext) -> Admission:
+            try:
+                return gate.admit(method, rule, streaming, context)
+            except RpcException as exc:
+                context.abort_with_status(to_status(exc))
+                raise  # not reached: abort raises
+
+        def decoded(request: Any) -> Any:
+            if request_streaming:
+                return checked_requests(request)
+            check_decoded(request)
+            return request
 
         if handler.response_streaming:
 
-            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 key = calls.begin(method, context)
                 try:
-                    yield from call(request, context)
+                    admission = admit(context)
+                except BaseException:
+                    calls.end(key)
+                    raise
+                token = set_current(admission.identity)
+                try:
+                    for item in call(decoded(request), context):
+                        watchdog.sending(context, context.cancel)
+                        yield item
+                        watchdog.sent(context)
                 except Exception as exc:
                     _abort(context, method, exc)
                 finally:
+                    watchdog.sent(context)
+                    gate.release(admission)
+                    reset_current(token)
                     calls.end(key)
 
-            return rebuild_handler(handler, streaming)
+            return rebuild_handler(handler, stream, safe=True)
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
             key = calls.begin(method, context)
             try:
-                return call(request, context)
+                admission = admit(context)
+            except BaseException:
+                calls.end(key)
+                raise
+            token = set_current(admission.identity)
+            try:
+                return call(decoded(request), context)
             except Exception as exc:
                 _abort(context, method, exc)
             finally:
+                gate.release(admission)
+                reset_current(token)
                 calls.end(key)
 
-        return rebuild_handler(handler, unary)
+        return rebuild_handler(handler, unary, safe=True)
+
 
 
 def _refuse(error: RpcException) -> Callable[[Any, grpc.ServicerContext], Any]:

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +17,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_helper._admission import CallGate
+from grpc_helper._health import HealthServicer
+from grpc_helper._identity import IdentityResolver
+from grpc_helper._limits import CallLimits, QuotaTable, SendWatchdog
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.client import RpcClient
 from grpc_helper.debug import CallRegistry, Usr2Dumper, dump
@@ -29,6 +33,9 @@ from grpc_helper.manager import RpcManager
 _log = logging.getLogger("grpc_helper.server")
 
 _WILDCARDS = {"", "[::]", "::", "0.0.0.0"}
+
+#: Seconds a shutdown waits, past its grace period, for grpcio to report the calls ended.
+STOP_MARGIN = 2.0
 
 
 def _logged(hook: Callable[[], Any], what: str) -> Callable[[], Any]:
@@ -62,6 +69,8 @@ class ServerCore:
         host: str,
         dump_folder: str | Path,
         health_servicer: Any = None,
+        admins: Iterable[str] = (),
+        limits: CallLimits | None = None,
     ) -> None:
         self.info = InfoManager()
         self.descriptors = [info_descriptor(self.info), *descriptors]
@@ -79,10 +88,17 @@ class ServerCore:
         for d in self.descriptors:
             self.methods.update(d.method_infos())
         #: The standard health servicer (``grpc_health.v1.health.aio.HealthServicer`` for asyncio servers).
-        self.health = health_servicer or health.HealthServicer()
+        self.health = health_servicer or HealthServicer()
         self.service_names = [d.full_name for d in self.descriptors]
         self.shutting_down = False
         self.lock = threading.Lock()
+        self.limits = limits or CallLimits()
+        self.gate = CallGate(IdentityResolver(admins), QuotaTable(self.limits))
+        self.watchdog = SendWatchdog(self.limits.send_timeout)
+
+    def interceptor_args(self) -> tuple[Any, ...]:
+        """What a server interceptor of this server is built with."""
+        return self.methods, self.calls, self.gate, self.watchdog
 
     @property
     def address(self) -> str:
@@ -172,10 +188,13 @@ class RpcServer(ServerView):
     :param host: interface to bind (``"[::]"``: all).
     :param credentials: ``grpc.ServerCredentials`` for TLS/mTLS; plaintext when None.
     :param client_credentials: channel credentials for ``auto_client`` when the server uses TLS.
-    :param max_workers: threads serving calls (each open stream holds one).
+    :param max_workers: threads serving calls (each open stream holds one: host long-lived streams on
+        ``AsyncRpcServer``, where a waiting stream costs memory, not a thread).
     :param interceptors: extra server interceptors, run after grpc-helper's own.
     :param options: extra gRPC server options.
     :param dump_folder: where SIGUSR2 dumps are written.
+    :param admins: certificate common names that have the admin role (``Access.ADMIN``).
+    :param limits: per-caller quotas (default: ``CallLimits.for_threads(max_workers)``).
 
     Raises ``RpcException(ResultCode.ERROR_PORT_BUSY)`` when the port is taken, and whatever a manager's
     ``load()`` raises (the port is released then).
@@ -198,13 +217,17 @@ class RpcServer(ServerView):
         interceptors: Sequence[ServerInterceptor] = (),
         options: Sequence[tuple[str, Any]] = (),
         dump_folder: str | Path = "/tmp",
+        admins: Iterable[str] = (),
+        limits: CallLimits | None = None,
     ) -> None:
-        core = self._core = ServerCore(port, descriptors, host, dump_folder)
+        core = self._core = ServerCore(
+            port, descriptors, host, dump_folder, admins=admins, limits=limits or CallLimits.for_threads(max_workers)
+        )
         self._thread_prefix = f"rpc-server-{id(self):x}"
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=self._thread_prefix)
         self._server = grpc.server(
             self._executor,
-            interceptors=[RpcServerInterceptor(core.methods, core.calls), *interceptors],
+            interceptors=[RpcServerInterceptor(*core.interceptor_args()), *interceptors],
             options=core.options(options),
         )
         self._terminated = threading.Event()
@@ -265,14 +288,18 @@ class RpcServer(ServerView):
         # Before stop(): even with no grace, managers can end their streams while they are still open.
         for hook in core.hooks(self._loaded, "begin_shutdown"):
             hook()
-        self._server.stop(grace).wait()
+        # grpcio's stop().wait() can hang after broken client streams: bound it.
+        stopped = self._server.stop(grace).wait((grace or 0) + STOP_MARGIN)
+        if not stopped:
+            _log.warning("calls still running %.1fs after the grace period: not waiting for them", STOP_MARGIN)
+        core.watchdog.close()
         for hook in core.hooks(self._loaded, "shutdown"):
             hook()
         if self._client is not None:
             self._client.close()
         if self._dumper_registered:
             Usr2Dumper.unregister(id(self))
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=stopped)
         self._terminated.set()
         self._wake.set()
 

@@ -21,6 +21,7 @@ import sample_pb2_grpc  # type: ignore[import-not-found]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sample_service import SampleManager
 
+import grpc_helper
 from grpc_helper import AsyncRpcClient, AsyncRpcManager, AsyncRpcServer
 from grpc_helper.api.info_pb2 import InfoFilter
 
@@ -38,6 +39,9 @@ class AsyncSampleManager(sample_pb2_grpc.SampleServiceServicer, AsyncRpcManager)
     async def load(self) -> None:
         if self.state.fail_load:
             raise RuntimeError("sample load failure")
+        if not self.state.probe_load:
+            self.state.loaded.set()
+            return
         self.state.info_in_load = await self.client.info.get(InfoFilter(names=["sample"]))
         async with grpc.aio.insecure_channel(self.client.target) as channel:
             check = health_pb2_grpc.HealthStub(channel).Check
@@ -55,6 +59,8 @@ class AsyncSampleManager(sample_pb2_grpc.SampleServiceServicer, AsyncRpcManager)
 
     async def echo(self, request: Any) -> Any:
         await self._check(request)
+        if request.text == "whoami":
+            return sample_pb2.Reply(text=repr(grpc_helper.current_identity()))
         return sample_pb2.Reply(text=request.text)
 
     async def count(self, request: Any, context: Any) -> AsyncIterator[Any]:

@@ -50,9 +50,10 @@ class LoopEvent(threading.Event):
 
 
 class SampleManager(sample_pb2_grpc.SampleServiceServicer, RpcManager):
-    def __init__(self, fail_load: bool = False) -> None:
+    def __init__(self, fail_load: bool = False, probe_load: bool = True) -> None:
         super().__init__()
         self.fail_load = fail_load
+        self.probe_load = probe_load  # False on TLS servers: the probes use plaintext channels
         self.loaded = LoopEvent()
         self.stopped = LoopEvent()
         self.entered = LoopEvent()  # set when a call with a delay starts
@@ -63,6 +64,9 @@ class SampleManager(sample_pb2_grpc.SampleServiceServicer, RpcManager):
     def load(self) -> None:
         if self.fail_load:
             raise RuntimeError("sample load failure")
+        if not self.probe_load:
+            self.loaded.set()
+            return
         # The auto-client works inside load().
         self.info_in_load = self.client.info.get(grpc_helper.api.info_pb2.InfoFilter(names=["sample"]))
         with grpc.insecure_channel(self.client.target) as channel:
@@ -89,6 +93,8 @@ class SampleManager(sample_pb2_grpc.SampleServiceServicer, RpcManager):
     # Single-parameter form (the server adapts it).
     def echo(self, request: Any) -> Any:
         self._check(request)
+        if request.text == "whoami":
+            return sample_pb2.Reply(text=repr(grpc_helper.current_identity()))
         return sample_pb2.Reply(text=request.text)
 
     def count(self, request: Any, context: Any) -> Iterator[Any]:
@@ -110,7 +116,9 @@ class SampleManager(sample_pb2_grpc.SampleServiceServicer, RpcManager):
             yield sample_pb2.Reply(text=r.text[::-1], index=i)
 
 
-def sample_descriptor(manager: SampleManager | None = None, api_version: Any = None) -> RpcServiceDescriptor:
+def sample_descriptor(
+    manager: SampleManager | None = None, api_version: Any = None, access: Any = grpc_helper.Access.ANYONE
+) -> RpcServiceDescriptor:
     return RpcServiceDescriptor(
         grpc_helper,
         "sample",
@@ -118,6 +126,7 @@ def sample_descriptor(manager: SampleManager | None = None, api_version: Any = N
         manager or SampleManager(),
         sample_pb2_grpc.add_SampleServiceServicer_to_server,
         sample_pb2_grpc.SampleServiceStub,
+        access=access,
     )
 
 

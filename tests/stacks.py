@@ -19,7 +19,7 @@ import pytest
 from sample_async import AsyncSampleManager, LoopThread, SyncAioClient, SyncAioServer
 from sample_service import V3, SampleManager, sample_descriptor, stubs
 
-from grpc_helper import AsyncRpcClient, AsyncRpcServer, RpcServer
+from grpc_helper import Access, AsyncRpcClient, AsyncRpcServer, RpcServer
 
 STACKS = ["sync", "aio"]
 
@@ -44,7 +44,8 @@ def stack_server(stack: str, request: pytest.FixtureRequest) -> Iterator[Callabl
 
         def make(manager: SampleManager | None = None, api_version: Any = None, **kwargs: Any) -> Any:
             manager = manager or SampleManager()
-            server = rpc_server_factory([sample_descriptor(manager, api_version)], **kwargs)
+            access = kwargs.pop("access", Access.ANYONE)
+            server = rpc_server_factory([sample_descriptor(manager, api_version, access)], **kwargs)
             server.manager = manager  # type: ignore[attr-defined]
             return server
 
@@ -59,7 +60,8 @@ def stack_server(stack: str, request: pytest.FixtureRequest) -> Iterator[Callabl
         manager = manager or SampleManager()
         kwargs.setdefault("host", "127.0.0.1")
         kwargs.setdefault("dump_folder", dump_folder)
-        descriptor = sample_descriptor(AsyncSampleManager(manager), api_version)  # type: ignore[arg-type]
+        access = kwargs.pop("access", Access.ANYONE)
+        descriptor = sample_descriptor(AsyncSampleManager(manager), api_version, access)  # type: ignore[arg-type]
         server = SyncAioServer(runner, AsyncRpcServer(kwargs.pop("port", 0), [descriptor], **kwargs), manager)
         servers.append(server)
         return server

@@ -9,12 +9,15 @@ import pytest
 
 import grpc_helper
 
-PUBLIC = {"ResultCode", "RpcClient", "RpcException", "RpcManager", "RpcServer", "RpcServiceDescriptor", "__version__"}
+PUBLIC = {
+    "Access", "CallLimits", "Identity", "ResultCode", "RpcClient", "RpcException", "RpcManager", "RpcServer",
+    "RpcServiceDescriptor", "__version__", "current_identity",
+}
 PUBLIC_AIO = {"AsyncRpcClient", "AsyncRpcManager", "AsyncRpcServer"}
 
 
 def test_all_is_pinned() -> None:
-    assert set(grpc_helper.__all__) >= PUBLIC | PUBLIC_AIO
+    assert set(grpc_helper.__all__) == PUBLIC | PUBLIC_AIO
     assert len(grpc_helper.__all__) == len(set(grpc_helper.__all__))
     for name in grpc_helper.__all__:
         assert getattr(grpc_helper, name) is not None

@@ -1,4 +1,4 @@
-"""The asyncio server interceptor: the same API-version checks, error mapping and call tracking as the sync one.
+"""The asyncio server interceptor: the same API-version checks, admission, error mapping and call tracking as the sync one.
 
 The decision per call (version check, cached wrapped handler) is ``InterceptorCore``'s; only the wrapping of
 behaviors differs: ``async def`` methods are awaited, async generators re-yielded. Plain ``def`` methods
@@ -7,6 +7,7 @@ behaviors differs: ``async def`` methods are awaited, async generators re-yielde
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from grpc_helper._admission import Admission, Undecodable, check_decoded
+from grpc_helper._identity import reset_current, set_current
 from grpc_helper.descriptor import Handler
 from grpc_helper.errors import RpcException, to_status
 from grpc_helper.interceptors import InterceptorCore, adapt_arity, behavior_of, rebuild_handler, unexpected_error
@@ -57,7 +60,22 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
     def _wrap(self, method: str, handler: Handler) -> Handler:
         behavior = behavior_of(handler)
         call = adapt_arity(behavior)
-        calls = self._calls
+        calls, gate, watchdog, rule = self._calls, self._gate, self._watchdog, self._rule(method)
+        streaming = handler.request_streaming or handler.response_streaming
+        request_streaming = handler.request_streaming
+
+        async def admit(context: Context) -> Admission:
+            try:
+                return gate.admit(method, rule, streaming, context)
+            except RpcException as exc:
+                await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+                raise  # not reached: abort raises
+
+        def decoded(request: Any) -> Any:
+            if request_streaming:
+                return _checked_requests(request)
+            check_decoded(request)
+            return request
 
         is_coroutine = inspect.iscoroutinefunction(behavior)
         # A coroutine streams through context.write() (grpc.aio's other style): it is awaited, not iterated.
@@ -67,31 +85,66 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 key = calls.begin(method, context)
                 try:
-                    async for item in items(request, context):
+                    admission = await admit(context)
+                except BaseException:
+                    calls.end(key)
+                    raise
+                token = set_current(admission.identity)
+                task = asyncio.current_task()
+                loop = asyncio.get_running_loop()
+
+                def cut() -> None:  # from the watchdog's thread: the reader stopped reading
+                    if task is not None:
+                        loop.call_soon_threadsafe(task.cancel)
+
+                try:
+                    async for item in items(decoded(request), context):
+                        watchdog.sending(context, cut)
                         yield item
+                        watchdog.sent(context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
                     await _abort(context, method, exc)
                 finally:
+                    watchdog.sent(context)
+                    gate.release(admission)
+                    reset_current(token)
                     calls.end(key)
 
-            return rebuild_handler(handler, stream)
+            return rebuild_handler(handler, stream, safe=True)
 
         result = call if is_coroutine else _async_result(call)
 
         async def unary(request: Any, context: Context) -> Any:
             key = calls.begin(method, context)
             try:
-                return await result(request, context)
+                admission = await admit(context)
+            except BaseException:
+                calls.end(key)
+                raise
+            token = set_current(admission.identity)
+            try:
+                return await result(decoded(request), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 await _abort(context, method, exc)
             finally:
+                gate.release(admission)
+                reset_current(token)
                 calls.end(key)
 
-        return rebuild_handler(handler, unary)
+        return rebuild_handler(handler, unary, safe=True)
+
+
+
+async def _checked_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """An asyncio request stream that raises INVALID_ARGUMENT at the first undecodable message."""
+    async for request in requests:
+        if type(request) is Undecodable:
+            raise request.error
+        yield request
 
 
 def _async_items(call: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:

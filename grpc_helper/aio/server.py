@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -13,14 +13,15 @@ from typing import Any
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
+from grpc_helper._health import AsyncHealthServicer
+from grpc_helper._limits import CallLimits
 from grpc_helper.aio.client import AsyncRpcClient
 from grpc_helper.aio.interceptors import AsyncRpcServerInterceptor
 from grpc_helper.aio.manager import AsyncRpcManager
 from grpc_helper.debug import Usr2Dumper
 from grpc_helper.descriptor import RpcServiceDescriptor
-from grpc_helper.server import ServerCore, ServerView
+from grpc_helper.server import STOP_MARGIN, ServerCore, ServerView
 
 _log = logging.getLogger("grpc_helper.server")
 
@@ -63,9 +64,13 @@ class AsyncRpcServer(ServerView):
         interceptors: Sequence[Any] = (),
         options: Sequence[tuple[str, Any]] = (),
         dump_folder: str | Path = "/tmp",
+        admins: Iterable[str] = (),
+        limits: CallLimits | None = None,
     ) -> None:
-        self._health: Any = health_aio.HealthServicer()
-        self._core = ServerCore(port, descriptors, host, dump_folder, health_servicer=self._health)
+        self._health: Any = AsyncHealthServicer()
+        self._core = ServerCore(
+            port, descriptors, host, dump_folder, health_servicer=self._health, admins=admins, limits=limits
+        )
         self._credentials = credentials
         self._client_credentials = client_credentials
         self._interceptors = tuple(interceptors)
@@ -95,7 +100,7 @@ class AsyncRpcServer(ServerView):
         core = self._core
         self._terminated = asyncio.Event()
         server = self._server = grpc.aio.server(
-            interceptors=[AsyncRpcServerInterceptor(core.methods, core.calls), *self._interceptors],
+            interceptors=[AsyncRpcServerInterceptor(*core.interceptor_args()), *self._interceptors],
             options=core.options(self._options),
         )
         core.register_builtin_services(server)
@@ -149,7 +154,11 @@ class AsyncRpcServer(ServerView):
             for hook in ServerCore.hooks(self._loaded, "begin_shutdown"):
                 await _maybe_await(hook())
             if self._server is not None:
-                await self._server.stop(grace)
+                try:  # bounded, whatever the clients did
+                    await asyncio.wait_for(self._server.stop(grace), (grace or 0) + STOP_MARGIN)
+                except TimeoutError:
+                    _log.warning("calls still running %.1fs after the grace period: not waiting for them", STOP_MARGIN)
+            self._core.watchdog.close()
             for hook in ServerCore.hooks(self._loaded, "shutdown"):
                 await _maybe_await(hook())
             if self._client is not None:

@@ -8,7 +8,7 @@ import grpc_helper
 from grpc_helper.api import info_pb2, info_pb2_grpc
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.descriptor import RpcServiceDescriptor
-from grpc_helper.errors import RpcException
+from grpc_helper.errors import RpcException, bounded
 from grpc_helper.manager import RpcManager
 
 INFO_SERVICE_NAME = "info"
@@ -39,9 +39,11 @@ class InfoManager(info_pb2_grpc.InfoServiceServicer, RpcManager):
     def get(self, request: info_pb2.InfoFilter, context: object = None) -> info_pb2.MultiServiceInfo:
         unknown = [n for n in request.names if n not in self._items]
         if unknown:
+            shown = ", ".join(bounded(n, 40, quote=False) for n in unknown[:5])
+            if len(unknown) > 5:
+                shown += f" and {len(unknown) - 5} more"
             raise RpcException(
-                f"unknown service(s): {', '.join(unknown)} (hosted: {', '.join(self._items)})",
-                ResultCode.ERROR_ITEM_UNKNOWN,
+                f"unknown service(s): {shown} (hosted: {', '.join(self._items)})", ResultCode.ERROR_ITEM_UNKNOWN
             )
         names = list(request.names) or list(self._items)
         return info_pb2.MultiServiceInfo(items=[self._items[n] for n in names])
