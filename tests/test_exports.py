@@ -23,6 +23,19 @@ def test_all_is_pinned() -> None:
         assert getattr(grpc_helper, name) is not None
 
 
+def test_aio_all_is_pinned() -> None:
+    import grpc_helper.aio
+
+    assert sorted(grpc_helper.aio.__all__) == sorted(PUBLIC_AIO)
+
+
+def test_internals_are_private() -> None:
+    """Internals live in ``_private`` modules: the public-looking module names are the documented ones."""
+    root = Path(grpc_helper.__file__).parent
+    public = sorted(p.stem for p in root.glob("*.py") if not p.stem.startswith("_"))
+    assert public == ["client", "descriptor", "errors", "manager", "metadata", "server", "testing"]
+
+
 def test_package_is_typed_and_has_stubs() -> None:
     root = Path(grpc_helper.__file__).parent
     assert (root / "py.typed").exists()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from grpc_helper.aio.client import AsyncRpcClient
+from grpc_helper._manager_base import ManagerBase
+from grpc_helper.aio.client import AsyncRpcClient
 
 
-class AsyncRpcManager:
+class AsyncRpcManager(ManagerBase[AsyncRpcClient]):
     """Base class for asyncio service implementations hosted by an ``AsyncRpcServer``.
 
     Combine it with the generated servicer; methods are ``async def`` (unary responses) or async generators
@@ -32,22 +30,12 @@ class AsyncRpcManager:
     ``ResultCode``.
     """
 
+    is_async = True
+
     def __init__(self) -> None:
-        #: Logger named after the manager class.
-        self.logger = logging.getLogger(type(self).__name__)
+        super().__init__()
         #: Lock protecting the manager's state across awaits (bound to the server's loop on first use).
         self.lock = asyncio.Lock()
-        self._client: AsyncRpcClient | None = None
-
-    @property
-    def client(self) -> AsyncRpcClient:
-        """The hosting server's ``auto_client`` (to call sibling services); set before ``load()`` runs."""
-        if self._client is None:
-            raise RuntimeError(f"{type(self).__name__} is not hosted by a running server yet")
-        return self._client
-
-    def _attach(self, client: AsyncRpcClient) -> None:
-        self._client = client
 
     async def load(self) -> None:
         """Awaited once every service of the server is serving; raise to make ``start()`` fail."""

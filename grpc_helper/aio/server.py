@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,23 +11,16 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2
 
 from grpc_helper._health import AsyncHealthServicer
 from grpc_helper._limits import CallLimits
+from grpc_helper._server_core import STOP_MARGIN, ServerCore, ServerView, drive_async
+from grpc_helper.aio._interceptors import AsyncRpcServerInterceptor
 from grpc_helper.aio.client import AsyncRpcClient
-from grpc_helper.aio.interceptors import AsyncRpcServerInterceptor
-from grpc_helper.aio.manager import AsyncRpcManager
-from grpc_helper.debug import Usr2Dumper
+from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor
-from grpc_helper.server import STOP_MARGIN, ServerCore, ServerView
 
 _log = logging.getLogger("grpc_helper.server")
-
-
-async def _maybe_await(result: Any) -> None:
-    if inspect.isawaitable(result):
-        await result
 
 
 class AsyncRpcServer(ServerView):
@@ -67,18 +59,15 @@ class AsyncRpcServer(ServerView):
         admins: Iterable[str] = (),
         limits: CallLimits | None = None,
     ) -> None:
-        self._health: Any = AsyncHealthServicer()
         self._core = ServerCore(
-            port, descriptors, host, dump_folder, health_servicer=self._health, admins=admins, limits=limits
+            port, descriptors, host, dump_folder, AsyncHealthServicer(), admins=admins, limits=limits
         )
         self._credentials = credentials
         self._client_credentials = client_credentials
         self._interceptors = tuple(interceptors)
         self._options = options
         self._server: grpc.aio.Server | None = None
-        self._loaded: list[Any] = []
         self._client: AsyncRpcClient | None = None
-        self._dumper_registered = False
         self._terminated: asyncio.Event | None = None
         self._stopping: asyncio.Future[None] | None = None
 
@@ -89,9 +78,25 @@ class AsyncRpcServer(ServerView):
             raise RuntimeError("the server is not started")
         return self._client
 
-    async def _set_health(self, status: int) -> None:
-        for name in self._core.health_names:
-            await self._health.set(name, status)
+    def _clients(self) -> tuple[Any, Any]:
+        credentials = self._client_credentials
+
+        def sync_client(host: str, port: int, stubs: dict[str, tuple[type, int]]) -> RpcClient:
+            return RpcClient(host, port, stubs, name="auto-client", credentials=credentials)
+
+        def async_client(host: str, port: int, stubs: dict[str, tuple[type, int]]) -> AsyncRpcClient:
+            return AsyncRpcClient(host, port, stubs, name="auto-client", credentials=credentials)
+
+        return sync_client, async_client
+
+    async def _stop_server(self, grace: float | None) -> bool:
+        if self._server is None:
+            return True
+        try:  # bounded, whatever the clients did
+            await asyncio.wait_for(self._server.stop(grace), (grace or 0) + STOP_MARGIN)
+        except TimeoutError:
+            return False
+        return True
 
     async def start(self) -> None:
         """Bind, serve, load the managers, then report SERVING. Raises if already started."""
@@ -99,39 +104,18 @@ class AsyncRpcServer(ServerView):
             raise RuntimeError("the server is already started")
         core = self._core
         self._terminated = asyncio.Event()
-        server = self._server = grpc.aio.server(
+        self._server = grpc.aio.server(
             interceptors=[AsyncRpcServerInterceptor(*core.interceptor_args()), *self._interceptors],
             options=core.options(self._options),
         )
-        core.register_builtin_services(server)
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            if self._credentials is None:
-                core.port = server.add_insecure_port(core.bind_address)
-            else:
-                core.port = server.add_secure_port(core.bind_address, self._credentials)
-        except RuntimeError as exc:
-            cause: Exception | None = exc
-        else:
-            cause = None
-        if cause is not None or core.port == 0:
-            await self.shutdown()
-            raise core.port_busy(cause) from None
-        await server.start()
-        try:
-            self._client = core.make_client(self._client_credentials, AsyncRpcClient)
-            for manager in core.managers():
-                if isinstance(manager, AsyncRpcManager):
-                    manager._attach(self._client)
-                if callable(getattr(manager, "load", None)):
-                    await _maybe_await(manager.load())
-                self._loaded.append(manager)
+            await drive_async(core.start_steps(self._server, self._credentials, self._clients(), self._stop_server))
         except BaseException:
-            await self.shutdown()
+            with core.lock:
+                core.shutting_down = True
+            self._terminated.set()
             raise
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self._dumper_registered = Usr2Dumper.register(id(self), core.address, core.dump_folder, core.calls)
-        _log.info("serving %s on %s:%d (asyncio)", ", ".join(d.name for d in core.descriptors), core.host, core.port)
+        self._client = core.client(True, self._clients()[1])
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop serving: health NOT_SERVING, refuse new calls, give in-flight calls ``grace`` seconds
@@ -149,23 +133,8 @@ class AsyncRpcServer(ServerView):
 
     async def _shutdown(self, grace: float | None) -> None:
         try:
-            await self._health.enter_graceful_shutdown()
-            # Before stop(): even with no grace, managers can end their streams while they are still open.
-            for hook in ServerCore.hooks(self._loaded, "begin_shutdown"):
-                await _maybe_await(hook())
-            if self._server is not None:
-                try:  # bounded, whatever the clients did
-                    await asyncio.wait_for(self._server.stop(grace), (grace or 0) + STOP_MARGIN)
-                except TimeoutError:
-                    _log.warning("calls still running %.1fs after the grace period: not waiting for them", STOP_MARGIN)
-            self._core.watchdog.close()
-            for hook in ServerCore.hooks(self._loaded, "shutdown"):
-                await _maybe_await(hook())
-            if self._client is not None:
-                await self._client.close()
+            await drive_async(self._core.stop_steps(grace, self._stop_server))
         finally:
-            if self._dumper_registered:
-                Usr2Dumper.unregister(id(self))
             if self._terminated is not None:
                 self._terminated.set()
 

@@ -17,9 +17,9 @@ import grpc.aio
 
 from grpc_helper._admission import Admission, Undecodable, check_decoded
 from grpc_helper._identity import reset_current, set_current
+from grpc_helper._interceptors import InterceptorCore, adapt_arity, behavior_of, rebuild_handler, unexpected_error
 from grpc_helper.descriptor import Handler
 from grpc_helper.errors import RpcException, to_status
-from grpc_helper.interceptors import InterceptorCore, adapt_arity, behavior_of, rebuild_handler, unexpected_error
 
 if TYPE_CHECKING:  # generic in grpc-stubs only
     Context = grpc.aio.ServicerContext[Any, Any]

@@ -18,10 +18,10 @@ import grpc
 
 from grpc_helper._access import Access
 from grpc_helper._admission import Admission, CallGate, check_decoded, checked_requests, safe_deserializer
+from grpc_helper._debug import CallRegistry
 from grpc_helper._identity import reset_current, set_current
 from grpc_helper._limits import SendWatchdog
 from grpc_helper.api.common_pb2 import ResultCode
-from grpc_helper.debug import CallRegistry
 from grpc_helper.descriptor import Handler, MethodInfo, ServerInterceptor
 from grpc_helper.errors import RpcException, bounded, to_status
 from grpc_helper.metadata import API_VERSION_KEY
