@@ -1,6 +1,8 @@
-"""``python -m grpc_helper serve``: a server hosting every bundled service until Ctrl+C.
+"""``grpc-helper serve`` (``python -m grpc_helper serve``): a server hosting every bundled service until Ctrl+C.
 
-    python -m grpc_helper serve [--host 127.0.0.1] [--port 50051] [--port-file F] [--tls-dir DIR | --insecure]
+``python -m grpc_helper`` is the ``grpc-helper`` console script (sub-commands info, serve, jobs, grid, certs).
+
+    grpc-helper serve [--host 127.0.0.1] [--port 50051] [--port-file F] [--tls-dir DIR | --insecure]
 
 Hosts the info, health and reflection services, the job runner (``grpc_helper.jobs``) and the compute
 grid (``grpc_helper.grid``; its controller's ``shutdown`` stops the whole server). With TLS (the default)
@@ -16,8 +18,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpc_helper import RpcException, RpcServer, certs, grid, jobs
-from grpc_helper.info.__main__ import DEFAULT_PORT
+from grpc_helper import RpcServer, certs, grid, jobs
+from grpc_helper._cli.commands import main as commands_main
+from grpc_helper._cli.endpoint import DEFAULT_PORT
+from grpc_helper._cli.exits import run
+from grpc_helper._cli.parser import new_parser
 
 AUTO_CLIENT = "auto-client"
 
@@ -43,18 +48,14 @@ def serve(args: argparse.Namespace) -> int:
         jobs.descriptor(Path(args.state_dir) / "jobs", admins=admins),
         *grid.descriptors(worker_args=worker_args, on_shutdown=lambda: hosting[0].shutdown(args.grace)),
     ]
-    try:
-        server = RpcServer(
-            args.port,
-            descriptors,
-            host=args.host,
-            credentials=credentials,
-            client_credentials=client_credentials,
-            max_workers=args.workers,
-        )
-    except RpcException as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    server = RpcServer(  # a busy port raises RpcException(ERROR_PORT_BUSY): exit code PORT_BUSY
+        args.port,
+        descriptors,
+        host=args.host,
+        credentials=credentials,
+        client_credentials=client_credentials,
+        max_workers=args.workers,
+    )
     hosting.append(server)
     if args.port_file:
         Path(args.port_file).write_text(f"{server.port}\n")
@@ -65,10 +66,8 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grpc_helper", description="grpc-helper commands")
-    commands = parser.add_subparsers(dest="command", required=True)
-    s = commands.add_parser("serve", help="serve every bundled service until Ctrl+C")
+def serve_main(argv: Sequence[str] | None = None, prog: str = "grpc-helper serve") -> int:
+    s = new_parser(prog, "Serve every bundled service until Ctrl+C.")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="port, 0 for any free one (default: %(default)s)")
     s.add_argument("--port-file", help="write the bound port to this file once serving")
@@ -79,9 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--workers", type=int, default=256, help="server threads; each open stream holds one")
     s.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
     s.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    args = parser.parse_args(argv)
+    args = s.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    return serve(args)
+    return run(lambda: serve(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m grpc_helper``: the ``grpc-helper`` command."""
+    return commands_main(argv, prog="python -m grpc_helper")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_table_and_json(rpc_server_factory: Any) -> None:
     assert header.split()[:3] == ["SERVICE", "PACKAGE", "VERSION"]
     assert [r.split()[0] for r in rows] == ["info", "sample"]
     assert rows[1].split()[3:] == ["1", "3", "tests.sample.SampleService"]
-    as_json = info_cli("--port", str(server.port), "--json", "--name", "sample")
+    as_json = info_cli("--endpoint", f"127.0.0.1:{server.port}", "--json", "--service", "sample")
     assert json.loads(as_json.stdout) == [
         {
             "name": "sample",
@@ -39,8 +39,8 @@ def test_table_and_json(rpc_server_factory: Any) -> None:
 
 def test_unknown_name(rpc_server_factory: Any) -> None:
     server = rpc_server_factory([sample_descriptor()])
-    result = info_cli("--port", str(server.port), "--name", "nope")
-    assert result.returncode == 1
+    result = info_cli("--port", str(server.port), "--service", "nope")
+    assert result.returncode == 4  # NOT_FOUND
     assert result.stderr.startswith("error: unknown service(s): nope")
 
 
@@ -48,7 +48,7 @@ def test_unreachable_server_one_line_error_within_timeout() -> None:
     start = time.monotonic()
     result = info_cli("--port", str(free_port()), "--timeout", "1")
     assert time.monotonic() - start < 10
-    assert result.returncode == 1
+    assert result.returncode == 3  # UNREACHABLE
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: server 127.0.0.1:") and "unreachable" in lines[0]

@@ -2,13 +2,18 @@
 
 ``init(dir, clients, admins)`` writes, with the ``cryptography`` library (no openssl binary)::
 
-    DIR/ca.pem  ca.key                 the certificate authority (the key stays private)
+    DIR/ca.pem                         the CA certificate: what servers and clients verify peers against
     DIR/server.pem  server.key         server certificate, SAN localhost, 127.0.0.1, ::1
     DIR/<name>.pem  <name>.key         one client key pair per name; the certificate CN is the identity
-    DIR/admins                         admin identities, one per line (read by the job runner server)
+    DIR/admins                         admin identities, one per line (read by the servers)
+    CA_DIR/ca.pem  ca.key              the certificate authority, outside DIR (default: ``DIR-ca`` beside it)
+
+The CA private key never sits in ``DIR``, the directory servers read: a server compromised through its TLS
+directory cannot mint identities. Only ``init`` reads ``CA_DIR``, and only when it must sign something new.
 
 ``server_credentials(dir)`` and ``channel_credentials(dir, client_name)`` turn them into gRPC credentials
-(mutual TLS: the server requires a client certificate signed by the CA).
+(mutual TLS: the server requires a client certificate signed by the CA). A missing, unreadable or invalid
+file, or a certificate that does not match its key, raises ``CertificateError`` naming the file.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import getpass
 import ipaddress
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,11 +33,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from grpc_helper.certs._pem import CertificateError, read_certificate, read_pair
+
 __all__ = [
     "DEFAULT_DIR",
+    "CertificateError",
     "TlsFiles",
     "admins_of",
     "channel_credentials",
+    "default_ca_dir",
     "default_client",
     "default_dir",
     "init",
@@ -52,6 +62,12 @@ def default_dir() -> Path:
 
 
 DEFAULT_DIR = default_dir()
+
+
+def default_ca_dir(directory: Path | str) -> Path:
+    """Where ``init`` keeps the CA of TLS directory ``directory`` by default: ``<directory>-ca`` beside it."""
+    directory = Path(directory).expanduser()
+    return directory.with_name(directory.name + "-ca")
 
 
 def default_client() -> str:
@@ -110,12 +126,15 @@ def _builder(subject: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, d
     )
 
 
-def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    files = TlsFiles(directory, CA)
-    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
-    key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
+def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    files = TlsFiles(ca_dir, CA)
+    _, cert = read_certificate(files.cert, "CA certificate")
+    try:
+        key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CertificateError(files.key, f"cannot load the CA private key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{files.key}: expected an EC private key")
+        raise CertificateError(files.key, "expected an EC private key")
     return cert, key
 
 
@@ -173,21 +192,44 @@ def _make_leaf(
     _save_cert(files.cert, cert)
 
 
-def init(directory: Path | str, clients: Iterable[str] = (), admins: Iterable[str] = ()) -> Path:
+def _ca(directory: Path, ca_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA of ``directory`` (kept in ``ca_dir``), created with ``DIR/ca.pem`` when there is none yet."""
+    legacy = TlsFiles(directory, CA)
+    ca = TlsFiles(ca_dir, CA)
+    if legacy.key.exists() and not ca.key.exists():
+        # Older layout: the CA key sat beside the server's credentials; move it out of the TLS directory.
+        ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copyfile(legacy.cert, ca.cert)
+        os.replace(legacy.key, ca.key)
+    if ca.key.exists():
+        return _load_ca(ca_dir)
+    if legacy.cert.exists():
+        raise CertificateError(ca.key, f"CA private key not found (the CA of {directory} is kept elsewhere: pass its CA directory)")
+    ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return _make_ca(ca_dir)
+
+
+def init(
+    directory: Path | str, clients: Iterable[str] = (), admins: Iterable[str] = (), *, ca_dir: Path | str | None = None
+) -> Path:
     """Create (or complete) a TLS directory; existing CA and key pairs are kept, missing ones are created.
 
-    ``admins`` get a client key pair too and are appended to ``DIR/admins``. Returns the directory.
+    ``admins`` get a client key pair too and are appended to ``DIR/admins``. The CA (with its private key)
+    lives in ``ca_dir`` (default :func:`default_ca_dir`), read only when a new certificate must be signed;
+    ``DIR`` gets its certificate as ``ca.pem``. Returns the directory.
     """
     directory = Path(directory).expanduser()
+    ca_path = Path(ca_dir).expanduser() if ca_dir is not None else default_ca_dir(directory)
     clients = [_check_name(c) for c in clients]
     admin_names = [_check_name(a) for a in admins]
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca = _load_ca(directory) if TlsFiles(directory, CA).key.exists() else _make_ca(directory)
-    if not TlsFiles(directory, SERVER).cert.exists():
-        _make_leaf(directory, SERVER, ca, server=True)
-    for name in dict.fromkeys(clients + admin_names):
-        if not TlsFiles(directory, name).cert.exists():
-            _make_leaf(directory, name, ca, server=False)
+    missing = [name for name in dict.fromkeys([SERVER, *clients, *admin_names]) if not TlsFiles(directory, name).cert.exists()]
+    if missing or not TlsFiles(directory, CA).cert.exists() or TlsFiles(directory, CA).key.exists():
+        ca = _ca(directory, ca_path)
+        if not TlsFiles(directory, CA).cert.exists():
+            _save_cert(TlsFiles(directory, CA).cert, ca[0])
+        for name in missing:
+            _make_leaf(directory, name, ca, server=name == SERVER)
     known = admins_of(directory)
     new = [a for a in dict.fromkeys(admin_names) if a not in known]
     if new:
@@ -205,17 +247,17 @@ def admins_of(directory: Path | str) -> set[str]:
     return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
 
 
-
 def server_credentials(
     directory: Path | str | None = None, *, cert: Path | None = None, key: Path | None = None, ca: Path | None = None
 ) -> grpc.ServerCredentials:
-    """mTLS server credentials: clients must present a certificate signed by the CA."""
+    """mTLS server credentials: clients must present a certificate signed by the CA.
+
+    Raises ``CertificateError`` naming the file when one is missing, unreadable or invalid, or when the
+    certificate does not match the key."""
     files = TlsFiles(Path(directory or default_dir()).expanduser(), SERVER)
-    return grpc.ssl_server_credentials(
-        [((key or files.key).read_bytes(), (cert or files.cert).read_bytes())],
-        root_certificates=(ca or files.ca).read_bytes(),
-        require_client_auth=True,
-    )
+    cert_pem, key_pem = read_pair(cert or files.cert, key or files.key)
+    ca_pem, _ = read_certificate(ca or files.ca, "CA certificate")
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True)
 
 
 def channel_credentials(
@@ -226,11 +268,11 @@ def channel_credentials(
     key: Path | None = None,
     ca: Path | None = None,
 ) -> grpc.ChannelCredentials:
-    """mTLS client credentials for ``client_name`` (default: :func:`default_client`), or explicit files."""
+    """mTLS client credentials for ``client_name`` (default: :func:`default_client`), or explicit files.
+
+    Raises ``CertificateError`` like :func:`server_credentials`."""
     base = Path(directory or default_dir()).expanduser()
     files = TlsFiles(base, client_name or default_client())
-    return grpc.ssl_channel_credentials(
-        root_certificates=(ca or files.ca).read_bytes(),
-        private_key=(key or files.key).read_bytes(),
-        certificate_chain=(cert or files.cert).read_bytes(),
-    )
+    cert_pem, key_pem = read_pair(cert or files.cert, key or files.key)
+    ca_pem, _ = read_certificate(ca or files.ca, "CA certificate")
+    return grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from grpc_helper import RpcException, RpcServer
+from grpc_helper._cli.parser import add_version
 from grpc_helper.grid.client import GridClient, GridController, JobError
 from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.handlers import load_handler
@@ -50,6 +51,7 @@ def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | No
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m grpc_helper.grid", description=__doc__)
+    add_version(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 

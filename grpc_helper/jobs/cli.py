@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import json_format
 
 from grpc_helper import ResultCode, RpcClient, RpcException, RpcServer
+from grpc_helper._cli.parser import add_version
 from grpc_helper import certs as tls
 from grpc_helper.jobs import default_state_dir, descriptor
 from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
@@ -230,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="structured output")
 
     p = argparse.ArgumentParser(prog="python -m grpc_helper.jobs", description=__doc__)
+    add_version(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", parents=[common], help="run the job runner server (mTLS)")
     s.add_argument("--state-dir", default=str(default_state_dir()), help="records and logs (default %(default)s)")
