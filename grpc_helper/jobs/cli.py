@@ -18,8 +18,8 @@ import grpc
 from google.protobuf import json_format
 
 from grpc_helper import ResultCode, RpcClient, RpcException, RpcServer
-from grpc_helper._cli.parser import add_version
 from grpc_helper import certs as tls
+from grpc_helper._cli.parser import add_version
 from grpc_helper.jobs import default_state_dir, descriptor
 from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
 
