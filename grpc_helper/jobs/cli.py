@@ -116,7 +116,7 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials:
         return tls.channel_credentials(
             args.tls_dir, args.name, cert=args.cert, key=args.key, ca=args.ca
         )
-    except OSError as e:
+    except (OSError, tls.CertificateError) as e:
         raise CliError(
             f"cannot read TLS material: {e} (create it with: python -m grpc_helper.certs init {args.tls_dir} "
             f"--client {args.name or tls.default_client()}; or pass --cert/--key/--ca)", EXIT_DENIED
@@ -202,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tls_dir = Path(args.tls_dir).expanduser()
     try:
         creds = tls.server_credentials(tls_dir, cert=args.cert, key=args.key, ca=args.ca)
-    except OSError as e:
+    except (OSError, tls.CertificateError) as e:
         raise CliError(
             f"cannot read TLS material: {e} (create it with: python -m grpc_helper.certs init {tls_dir})", EXIT_DENIED
         ) from None
