@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterable, Sequence
@@ -18,6 +17,7 @@ from grpc_helper._health import HealthServicer
 from grpc_helper._interceptors import RpcServerInterceptor
 from grpc_helper._limits import CallLimits
 from grpc_helper._server_core import STOP_MARGIN, ServerCore, ServerView, drive_sync
+from grpc_helper._signals import STOP_SIGNALS, TwoStageStop
 from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor, ServerInterceptor
 
@@ -134,13 +134,10 @@ class RpcServer(ServerView):
 
             RpcServer(50051, [descriptor]).serve_forever()
         """
-        def on_signal(signum: int, _frame: Any) -> None:
-            if self._wake.is_set():
-                os._exit(128 + signum)
-            _log.info("signal %d: shutting down (again to exit at once)", signum)
-            self._wake.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stop = TwoStageStop(self._wake.set)
+        if self._wake.is_set():
+            stop.requested = True
+        previous = {sig: signal.signal(sig, lambda signum, _frame: stop.on_signal(signum)) for sig in STOP_SIGNALS}
         try:
             self._wake.wait()
             self.shutdown(grace)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -293,3 +295,35 @@ async def test_mutual_tls(async_rpc_server_factory: Any, async_rpc_client_factor
 def test_async_manager_on_sync_server_is_refused_clearly() -> None:
     with pytest.raises(TypeError, match="needs AsyncRpcServer"):
         RpcServer(0, probes([])[:1], host="127.0.0.1")
+
+
+SERVE_FOREVER = """
+import asyncio, sys
+from grpc_helper import AsyncRpcServer
+
+async def main():
+    server = AsyncRpcServer(0, [], host="127.0.0.1")
+    await server.start()
+    print(server.port, flush=True)
+    await server.serve_forever(grace=1)
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_forever_stops_on_signal(signum: int) -> None:
+    process = subprocess.Popen([sys.executable, "-c", SERVE_FOREVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=10)
+        process.send_signal(signum)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0
+    assert out.strip() == "stopped"

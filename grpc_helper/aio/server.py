@@ -15,6 +15,7 @@ import grpc.aio
 from grpc_helper._health import AsyncHealthServicer
 from grpc_helper._limits import CallLimits
 from grpc_helper._server_core import STOP_MARGIN, ServerCore, ServerView, drive_async
+from grpc_helper._signals import STOP_SIGNALS, TwoStageStop
 from grpc_helper.aio._interceptors import AsyncRpcServerInterceptor
 from grpc_helper.aio.client import AsyncRpcClient
 from grpc_helper.client import RpcClient
@@ -137,6 +138,31 @@ class AsyncRpcServer(ServerView):
         finally:
             if self._terminated is not None:
                 self._terminated.set()
+
+    async def serve_forever(self, grace: float | None = 5.0) -> None:
+        """Start if needed, serve until SIGINT/SIGTERM (or ``shutdown()`` from elsewhere), then shut down with
+        ``grace``. A second signal during shutdown exits the process at once. Run it in the main thread's loop::
+
+            asyncio.run(AsyncRpcServer(50051, [descriptor]).serve_forever())
+        """
+        if self._server is None:
+            await self.start()
+        assert self._terminated is not None
+        loop = asyncio.get_running_loop()
+        requested = asyncio.Event()
+        stop = TwoStageStop(requested.set)
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop.on_signal, sig)
+        try:
+            ended = asyncio.ensure_future(self._terminated.wait())
+            asked = asyncio.ensure_future(requested.wait())
+            await asyncio.wait([ended, asked], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (ended, asked):
+                waiter.cancel()
+            await self.shutdown(grace)
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Wait until ``shutdown()`` completed (True) or ``timeout`` expired (False)."""
