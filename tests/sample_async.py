@@ -8,7 +8,6 @@ fixture; ``SyncAioServer``/``SyncAioClient`` expose ``AsyncRpcServer``/``AsyncRp
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
@@ -127,7 +126,7 @@ class _SyncMethod:
             return self._method(request, timeout=timeout, metadata=metadata)
 
         result = self._runner.run(call())  # made on the loop: a server stream, or a coroutine to run there
-        if inspect.isasyncgen(result):
+        if hasattr(result, "__anext__"):  # a server stream
             return self._iterate(result)
         return self._runner.run(result)
 

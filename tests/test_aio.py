@@ -133,7 +133,7 @@ def test_one_client_across_separate_asyncio_runs(rpc_server_factory: Any) -> Non
     for text in ("first loop", "second loop", "third loop"):
         assert asyncio.run(client.sample.echo(Request(text=text))).text == text
     asyncio.run(client.close())
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RpcException, match="closed"):
         asyncio.run(client.sample.echo(Request()))
 
 

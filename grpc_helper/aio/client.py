@@ -1,17 +1,22 @@
-"""``AsyncRpcClient``: the asyncio twin of ``RpcClient`` (same constructor, retries, metadata and errors)."""
+"""``AsyncRpcClient``: the asyncio twin of ``RpcClient`` (same constructor, retry flow, metadata and errors)."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
-from grpc_helper.client import ClientCore, _Service, stub_methods
+from grpc_helper._client.core import ClientCore, Metadata, stub_methods, stub_shapes
+from grpc_helper._client.retry import CallPlan, closed_error
+
+__all__ = ["AsyncRpcClient"]
+
+_Stub = TypeVar("_Stub")
 
 
 class _AsyncRequests:
@@ -44,57 +49,93 @@ class _Channel:
             self.channel = grpc.aio.insecure_channel(client.target, options=options)
         else:
             self.channel = grpc.aio.secure_channel(client.target, client._credentials, options=options)
-        self.callables = {
-            (attr, name): callable_
-            for attr, (stub_class, _) in client._stub_specs.items()
-            for name, callable_, _, _ in stub_methods(stub_class(self.channel))
-        }
+        self.callables: dict[tuple[str, str], Any] = {}
+
+    def callable(self, attr: str, name: str, stub_class: type) -> Any:
+        key = (attr, name)
+        if key not in self.callables:
+            for method, callable_, _, _ in stub_methods(stub_class(self.channel)):
+                self.callables[(attr, method)] = callable_
+        return self.callables[key]
 
 
 class _AsyncMethod:
-    """One method: ``await client.<service>.<method>(request, timeout=None, metadata=())``; a server stream is an
-    async iterator instead (``async for reply in client.<service>.<method>(request)``)."""
+    """One method: ``await client.<service>.<method>(request, timeout=None, metadata=None, **grpc_options)``; a
+    server stream is an async iterator instead (``async for reply in client.<service>.<method>(request)``)."""
 
     def __init__(
-        self,
-        client: AsyncRpcClient,
-        key: tuple[str, str],
-        request_streaming: bool,
-        response_streaming: bool,
-        metadata: tuple[tuple[str, str], ...],
+        self, client: AsyncRpcClient, attr: str, name: str, request_streaming: bool, response_streaming: bool, metadata: Metadata
     ) -> None:
         self._client = client
-        self._key = key
+        self._attr = attr
+        self._name = name
         self._request_streaming = request_streaming
         self._response_streaming = response_streaming
         self._metadata = metadata
 
     def __call__(
-        self, request: Any, timeout: float | None = None, metadata: Iterable[tuple[str, str]] = ()
+        self, request: Any, timeout: float | None = None, metadata: Iterable[tuple[str, Any]] | None = None, **options: Any
     ) -> Any:
-        md = self._metadata + tuple(metadata) if metadata else self._metadata
+        md = self._metadata + tuple(metadata or ())
+        plan = self._client._plan(timeout)  # the deadline runs from now, retries included
         if self._response_streaming:
-            return self._stream(request, timeout, md)
-        return self._unary(request, timeout, md)
+            return _AsyncStream(self, request, plan, md, options)
+        return self._unary(request, plan, md, options)
 
-    async def _unary(self, request: Any, timeout: float | None, md: tuple[tuple[str, str], ...]) -> Any:
+    def _callable(self) -> Any:
+        return self._client._callable(self._attr, self._name)
+
+    async def _unary(self, request: Any, plan: CallPlan, md: Metadata, options: dict[str, Any]) -> Any:
         client = self._client
-        callable_ = client._callable(self._key)
         requests = _AsyncRequests(request) if self._request_streaming else None
-        for delay in client._attempts():
+        while True:
+            attempt_timeout = plan.attempt_timeout(client._closed)
             try:
-                return await callable_(requests or request, timeout=timeout, metadata=md)
+                return await self._callable()(requests or request, timeout=attempt_timeout, metadata=md, **options)
             except grpc.RpcError as error:
-                await client._pause(error, delay, requests is None or not requests.started)
-        raise AssertionError("unreachable")  # _attempts() ends by raising
+                await asyncio.sleep(plan.after_failure(error, requests is None or not requests.started, client._closed))
+            except asyncio.CancelledError:
+                client._raise_if_closed()
+                raise
 
-    async def _stream(self, request: Any, timeout: float | None, md: tuple[tuple[str, str], ...]) -> AsyncIterator[Any]:
-        client = self._client
-        callable_ = client._callable(self._key)
-        requests = _AsyncRequests(request) if self._request_streaming else None
-        for delay in client._attempts():
+
+class _AsyncStream:
+    """A server stream: ``async for`` it. ``cancel()`` ends the call; ``aclose()`` abandons it.
+    ``code()``, ``details()``... are those of the current attempt."""
+
+    def __init__(self, method: _AsyncMethod, request: Any, plan: CallPlan, md: Metadata, options: dict[str, Any]) -> None:
+        self._call: Any = None
+        self._cancelled = False
+        self._items = self._run(method, request, plan, md, options)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await anext(self._items)
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        call = self._call
+        return bool(call.cancel()) if call is not None else True
+
+    async def aclose(self) -> None:
+        await self._items.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._call is None or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._call, name)
+
+    async def _run(
+        self, method: _AsyncMethod, request: Any, plan: CallPlan, md: Metadata, options: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        client = method._client
+        requests = _AsyncRequests(request) if method._request_streaming else None
+        while True:
+            attempt_timeout = plan.attempt_timeout(client._closed or self._cancelled)
+            self._call = call = method._callable()(requests or request, timeout=attempt_timeout, metadata=md, **options)
             received = False
-            call = callable_(requests or request, timeout=timeout, metadata=md)
             try:
                 async for item in call:
                     received = True
@@ -102,17 +143,22 @@ class _AsyncMethod:
                 return
             except grpc.RpcError as error:
                 # Never re-send once an item arrived: the caller would see duplicates.
-                await client._pause(error, delay, not received and (requests is None or not requests.started))
+                replayable = not received and (requests is None or not requests.started)
+                await asyncio.sleep(plan.after_failure(error, replayable, client._closed))
+            except asyncio.CancelledError:
+                client._raise_if_closed()
+                raise
             finally:
                 call.cancel()  # no-op when finished; stops the stream when the caller gives up early
 
 
 class AsyncRpcClient(ClientCore):
-    """asyncio client to one server: ``await client.<name>.<method>(request)`` for each stub of ``stubs``.
+    """asyncio client to one server: ``await client.<name>.<method>(request)`` for each stub of ``stubs``, or the
+    same typed as the generated asyncio stub: ``await client.stub(MyServiceStub).<method>(request)``.
 
-    Same parameters and behaviour as ``RpcClient`` (API-version metadata, retries while the server is
-    unreachable until ``timeout``, ``RpcException`` on failure). Server streams are async iterators; request
-    streams may be async or plain iterables.
+    Same parameters and behaviour as ``RpcClient`` (API-version metadata, per-call deadlines including
+    retries, retries while the server is unreachable until ``timeout``, ``RpcException`` on failure and on a
+    closed client). Server streams are async iterators; request streams may be async or plain iterables.
 
     The ``grpc.aio`` channel is opened on first use inside the running event loop, one per loop: a client
     made at import time, or used from successive ``asyncio.run()`` calls, just works. ``await close()``
@@ -122,7 +168,7 @@ class AsyncRpcClient(ClientCore):
 
         async with AsyncRpcClient("127.0.0.1", 50051, {"my": (MyServiceStub, MY_API_CURRENT)}) as client:
             status = await client.my.update(MyConfig(), timeout=5)
-            async for event in client.my.watch(Filter()):
+            async for event in client.stub(MyServiceStub).watch(Filter()):   # typed: MyServiceAsyncStub
                 print(event)
     """
 
@@ -144,28 +190,36 @@ class AsyncRpcClient(ClientCore):
         self._current: _Channel | None = None
         # Channels of other loops (closed with the client, or dropped with their loop).
         self._channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Channel] = weakref.WeakKeyDictionary()
-        for attr, (stub_class, metadata) in self._stub_specs.items():
-            shapes = vars(stub_class(_ShapeRecorder()))
-            methods = {n: _AsyncMethod(self, (attr, n), rs, ss, metadata) for n, (rs, ss) in shapes.items()}
-            setattr(self, attr, _Service(attr, methods))
+        self._register()
 
-    def _callable(self, key: tuple[str, str]) -> Any:
+    def _build(self, attr: str, stub_class: type, metadata: Metadata) -> dict[str, Any]:
+        return {n: _AsyncMethod(self, attr, n, rs, ss, metadata) for n, (rs, ss) in stub_shapes(stub_class).items()}
+
+    def stub(self, stub_class: Callable[[grpc.aio.Channel], _Stub], api_version: int | None = None) -> _Stub:
+        """The methods of ``stub_class`` typed as its asyncio stub (mypy-protobuf's ``MyServiceAsyncStub``): awaiting
+        a call gives the reply, a server stream is an async iterator. ``stub_class`` is one of the client's
+        ``stubs``, or any other generated stub with its ``api_version``. See ``RpcClient.stub``."""
+        return self._typed(stub_class, api_version)  # type: ignore[return-value]
+
+    def _raise_if_closed(self) -> None:
+        """A call cancelled by ``close()`` (not by its own task's cancellation) raises ``RpcException``."""
+        task = asyncio.current_task()
+        if self._closed and (task is None or task.cancelling() == 0):
+            raise closed_error(self.target) from None
+
+    def _callable(self, attr: str, name: str) -> Any:
         loop = asyncio.get_running_loop()
         if loop is not self._loop or self._current is None:
             if self._closed:
-                raise RuntimeError(f"{type(self).__name__} to {self.target} is closed")
+                raise closed_error(self.target)
             channel = self._channels.get(loop)
             if channel is None:
                 channel = self._channels[loop] = _Channel(self)
             self._loop, self._current = loop, channel
-        return self._current.callables[key]
-
-    async def _pause(self, error: grpc.RpcError, delay: float, replayable: bool) -> None:
-        """After a failed attempt: sleep and return to retry, or raise the ``RpcException``."""
-        await asyncio.sleep(self._retry_delay(error, delay, replayable, self._closed))
+        return self._current.callable(attr, name, self._stub_specs[attr][0])
 
     async def close(self) -> None:
-        """Close the channels (calls in progress are cancelled). Idempotent."""
+        """Close the channels (calls in progress are cancelled; later calls raise ``RpcException``). Idempotent."""
         self._closed = True
         current = asyncio.get_running_loop()
         channels, self._current, self._loop = list(self._channels.items()), None, None
@@ -185,18 +239,6 @@ class AsyncRpcClient(ClientCore):
     ) -> None:
         await self.close()
 
-
-class _ShapeRecorder:
-    """Stands in for a channel to learn a stub's methods and their shapes without connecting."""
-
-    def unary_unary(self, *_: Any, **__: Any) -> tuple[bool, bool]:
-        return False, False
-
-    def unary_stream(self, *_: Any, **__: Any) -> tuple[bool, bool]:
-        return False, True
-
-    def stream_unary(self, *_: Any, **__: Any) -> tuple[bool, bool]:
-        return True, False
-
-    def stream_stream(self, *_: Any, **__: Any) -> tuple[bool, bool]:
-        return True, True
+    def __getattr__(self, name: str) -> Any:
+        # Services are set per instance from `stubs` (typed as Any); `stub()` gives them typed.
+        raise AttributeError(f"{type(self).__name__} has no service {name!r}")
