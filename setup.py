@@ -47,6 +47,20 @@ def generate_protos() -> None:
         os.chdir(cwd)
 
 
+def build_job_exec_helper() -> None:
+    """Compile the job runner's exec helper (grpc_helper/jobs/_exec.py, loaded by path: stdlib only) with cc."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_grpc_helper_exec", ROOT / "grpc_helper" / "jobs" / "_exec.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        module.build()
+    except module.HelperError as e:
+        print(f"WARNING: the job runner cannot start jobs until its exec helper is built: {e}", file=sys.stderr)
+
+
 class GenProtos(Command):
     description = "generate *_pb2 modules and stubs from protos/"
     user_options: list[tuple[str, str | None, str]] = []
@@ -64,6 +78,7 @@ class GenProtos(Command):
 class BuildPy(build_py):
     def run(self) -> None:
         generate_protos()
+        build_job_exec_helper()
         super().run()
 
 

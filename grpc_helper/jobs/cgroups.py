@@ -4,7 +4,9 @@ At start-up :func:`detect` picks the usable flavour: cgroup v2 when its root off
 v1 hierarchies mounted under ``/sys/fs/cgroup/<controller>`` (machines with a controller-less v2 tree
 mounted beside them), else none. Each job gets ``<parent>/<job_id>`` in every controller it uses, created
 before the process starts (the exec helper writes its pid into the ``cgroup.procs`` files) and removed
-once it ended.
+once it ended. Directories are created mode 0755 and the kernel's files are root's 0644: a job, which runs
+as another user (see :mod:`grpc_helper.jobs.sandbox`), cannot move itself out, change its limits or create
+cgroups.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ DEFAULT_PARENT = "grpc-helper-jobs"
 CPU_PERIOD_US = 100_000
 _V1_DIRS = {"cpu": ("cpu", "cpu,cpuacct"), "memory": ("memory",), "io": ("blkio",), "pids": ("pids",)}
 _V2_NAMES = ("cpu", "memory", "io", "pids")
+_DIR_MODE = 0o755  # whatever the umask: jobs (another user) can't create cgroups or write limits here
 _RMDIR_ATTEMPTS = 100  # x 10 ms: the kernel may report EBUSY until the last killed task is reaped
 
 
@@ -169,7 +172,7 @@ class CgroupSupport:
         cg = JobCgroup(self.version, f"v{self.version}:{parent}/{job_id}", dirs, paths)
         try:
             for path in paths:
-                path.mkdir()
+                path.mkdir(mode=_DIR_MODE)
             self._apply(cg, limits)
         except OSError as e:
             cg.remove()
@@ -260,7 +263,7 @@ def _detect_v2(root: Path, parent: str) -> CgroupSupport | str:
         missing = " ".join(f"+{c}" for c in wanted if c not in enabled)
         if missing:
             _write(root / "cgroup.subtree_control", missing)
-        base.mkdir(exist_ok=True)
+        base.mkdir(mode=_DIR_MODE, exist_ok=True)
         _write(base / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
     except OSError as e:
         return f"cgroup v2 at {root} not writable: {e}"
@@ -277,7 +280,7 @@ def _detect_v1(root: Path, parent: str) -> CgroupSupport | str:
             problems.append(f"{ctrl}: not mounted")
             continue
         try:
-            (hierarchy / parent).mkdir(exist_ok=True)
+            (hierarchy / parent).mkdir(mode=_DIR_MODE, exist_ok=True)
         except OSError as e:
             problems.append(f"{ctrl}: {e.strerror}")
             continue

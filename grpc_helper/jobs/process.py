@@ -1,17 +1,35 @@
-"""Process supervision: start a job in its own session through the exec helper, pump its output, stop it."""
+"""Process supervision: start a job sandboxed in its own session, pump its output, stop it.
+
+A job is started by the exec helper ``_sandbox_exec`` (a small C program, built at install time, see
+:mod:`grpc_helper.jobs._exec`), spawned with :class:`subprocess.Popen` (vfork + exec in C, new session; no
+``preexec_fn``, unsafe in a threaded server). Before exec'ing the command, the helper joins the job's cgroups
+(writing its own pid while still privileged), creates the namespaces asked for, drops the supplementary groups,
+switches to the job's user, sets ``no_new_privs`` and changes directory as that user. It reports a failure
+on a close-on-exec pipe (EOF without data: the job was exec'd), which the server reads with ``poll`` (no
+``select``: no limit on descriptor numbers). A failed start leaves nothing behind: the helper is reaped and
+every descriptor closed (the caller removes the cgroup it created).
+
+Why a C helper: a Python helper (the previous design) costs an interpreter start per job (~40 ms); Popen's
+``user``/``group``/``extra_groups`` cannot set ``no_new_privs``, join a cgroup v1 or create namespaces, and
+``clone3(CLONE_INTO_CGROUP)`` exists on cgroup v2 only. The helper adds ~0.1-0.3 ms to a bare ``Popen`` of
+the command (``bench/jobs_spawn.py``).
+
+Additions to the interface (existing callers unchanged): :class:`LaunchSpec` takes ``run_as`` and
+``isolation`` (defaults: ``nobody`` when the server is root, own PID namespace where available; see
+:mod:`grpc_helper.jobs.sandbox`); :class:`StartError` stages ``user`` and ``sandbox``. With a PID namespace,
+:attr:`JobProcess.pid` is the helper's pid: it leads the process group and ends the way the job ended.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,16 +37,18 @@ from pathlib import Path
 
 from grpc_helper.jobs import _exec
 from grpc_helper.jobs.logs import JobLog
+from grpc_helper.jobs.sandbox import Isolation, SandboxError, resolve_user, support
 
 _LOG = logging.getLogger(__name__)
 _PIPE_SIZE = 1 << 20  # bigger pipes: fewer wake-ups and syscalls for chatty jobs
 _READ_SIZE = 1 << 20
-_SPAWN_TIMEOUT = 30.0  # the helper only parses a spec and execs: anything longer is a broken host
+_SPAWN_TIMEOUT = 30.0  # the helper only makes a few system calls before exec: anything longer is a broken host
 _DRAIN_TIMEOUT = 5.0  # after the group is gone, how long an escaped process may keep our pipes open
+_PATH_STAGES = ("cwd", "cgroup", "exec")  # stages whose report names a path or command
 
 
 class StartError(Exception):
-    """The command could not be started; ``stage`` is one of spec, cwd, cgroup, exec, spawn."""
+    """The command could not be started; ``stage`` is one of spec, cwd, cgroup, exec, spawn, user, sandbox."""
 
     def __init__(self, stage: str, err: int, message: str) -> None:
         super().__init__(message)
@@ -39,12 +59,16 @@ class StartError(Exception):
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """What to run: argv (no shell), full environment, working directory, cgroup.procs files to join."""
+    """What to run: argv (no shell), full environment, working directory, cgroup.procs files to join,
+    the user to run as (name or uid; None: ``nobody`` when the server is root, else the server's user) and the
+    namespaces (None: :meth:`SandboxSupport.default`, an own PID namespace where available)."""
 
     argv: Sequence[str]
     env: dict[str, str]
     cwd: str
     cgroup_procs: Sequence[str] = field(default_factory=tuple)
+    run_as: str | int | None = None
+    isolation: Isolation | None = None
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -74,12 +98,17 @@ class JobProcess:
     def __init__(self, spec: LaunchSpec, log: JobLog) -> None:
         """Start the command (raises :class:`StartError`); call :meth:`start` to supervise it."""
         self._log = log
-        self._proc = self._spawn(spec)
+        self._wake_r, self._wake_w = os.pipe()  # before the spawn: nothing can fail once the job runs
+        try:
+            self._proc, self._init_fd = self._spawn(spec)
+        except BaseException:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
         self.pid = self._proc.pid
         self.done = threading.Event()
         self._on_exit: Callable[[int], None] = lambda rc: None
         self._kill_rest: Callable[[], None] = lambda: None
-        self._wake_r, self._wake_w = os.pipe()
         self._pump = threading.Thread(target=self._pump_output, name=f"job-io-{self.pid}", daemon=True)
         self._waiter = threading.Thread(target=self._wait, name=f"job-wait-{self.pid}", daemon=True)
 
@@ -92,60 +121,44 @@ class JobProcess:
         self._waiter.start()
 
     @staticmethod
-    def _spawn(spec: LaunchSpec) -> subprocess.Popen[bytes]:
-        spec_r, spec_w = os.pipe()
+    def _spawn(spec: LaunchSpec) -> tuple[subprocess.Popen[bytes], int]:
+        """The running helper and a pidfd of the namespace's init (-1 without a PID namespace)."""
+        args = _helper_args(spec)
         err_r, err_w = os.pipe()
         try:
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", _exec.__file__, str(spec_r), str(err_w)],
+                    [args[0], str(err_w), *args[1:]],
+                    env=spec.env,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    pass_fds=(spec_r, err_w),
+                    pass_fds=(err_w,),
                     start_new_session=True,  # own session and process group, set up by the C fork code
                     close_fds=True,
                 )
             except OSError as e:
                 raise StartError("spawn", e.errno or 0, f"cannot start the exec helper: {e}") from e
-            os.close(spec_r)
-            spec_r = -1
             os.close(err_w)
             err_w = -1
-            payload = json.dumps(
-                {"argv": list(spec.argv), "env": spec.env, "cwd": spec.cwd, "cgroups": list(spec.cgroup_procs)}
-            ).encode()
+            init_fd = -1
             try:
-                with os.fdopen(spec_w, "wb") as f:
-                    spec_w = -1
-                    f.write(payload)
-            except BrokenPipeError:
-                pass  # the helper died early: its report (or exit code) tells why
-            report = b""
-            while True:
-                ready, _, _ = select.select([err_r], [], [], _SPAWN_TIMEOUT)
-                if not ready:
-                    proc.kill()
-                    raise StartError("spawn", errno.ETIMEDOUT, "exec helper did not answer")
-                data = os.read(err_r, 65536)
-                if not data:
-                    break
-                report += data
-            if report:  # EOF without a report: exec succeeded (the command may even have ended already)
-                proc.wait()
-                for pipe in (proc.stdout, proc.stderr):
-                    if pipe is not None:
-                        pipe.close()
-                try:
-                    info = json.loads(report)
-                    raise StartError(info["stage"], int(info["errno"]), str(info["error"]))
-                except (ValueError, KeyError):
-                    raise StartError("spawn", 0, f"exec helper failed: {report[:200]!r}") from None
-            return proc
+                report = _read_report(err_r)
+                if report.startswith(b"pid:"):
+                    line, _, report = report.partition(b"\n")
+                    init_fd = _pidfd(int(line[4:]))
+                if report:
+                    raise _start_error(report)
+            except BaseException:
+                if init_fd >= 0:
+                    os.close(init_fd)
+                _discard(proc)
+                raise
+            return proc, init_fd
         finally:
-            for fd in (spec_r, spec_w, err_w, err_r):
-                if fd >= 0:
-                    os.close(fd)
+            os.close(err_r)
+            if err_w >= 0:
+                os.close(err_w)
 
     def _pump_output(self) -> None:
         """Copy stdout/stderr pipes to the log files as data comes (one thread, poll on both pipes)."""
@@ -194,6 +207,10 @@ class JobProcess:
             signal_group(self.pid, signal.SIGKILL)
         except ChildProcessError:
             pass
+        if self._init_fd >= 0:
+            # The helper may have been killed before the namespace's init: its end (after the kernel killed
+            # and reaped the rest of the namespace) is the end of the job's processes.
+            _wait_exit(self._init_fd, _DRAIN_TIMEOUT)
         rc = self._proc.wait()
         try:
             self._kill_rest()
@@ -225,6 +242,80 @@ class JobProcess:
             self.signal(signal.SIGKILL)
         self.done.wait(grace + _DRAIN_TIMEOUT + 10.0)
         return True
+
+
+def _helper_args(spec: LaunchSpec) -> list[str]:
+    """The helper's command line but its error descriptor: [helper, flags, uid, gid, cwd, n, procs..., --, argv...]."""
+    try:
+        helper = _exec.helper()
+        user = resolve_user(spec.run_as)
+        host = support()
+        isolation = host.default() if spec.isolation is None else spec.isolation
+        host.check(isolation)
+    except _exec.HelperError as e:
+        raise StartError("spawn", errno.ENOENT, str(e)) from None
+    except SandboxError as e:
+        raise StartError(e.stage, e.errno, e.message) from None
+    flags = isolation.flags() + ("u" if user.switch else "")
+    return [
+        helper, flags, str(user.uid), str(user.gid), spec.cwd, str(len(spec.cgroup_procs)), *spec.cgroup_procs,
+        "--", *spec.argv,
+    ]
+
+
+def _read_report(fd: int) -> bytes:
+    """The helper's failure report, b"" once the job was exec'd (EOF); poll has no limit on fd numbers."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    report = b""
+    while True:
+        if not poller.poll(_SPAWN_TIMEOUT * 1000):
+            raise StartError("spawn", errno.ETIMEDOUT, f"exec helper did not answer within {_SPAWN_TIMEOUT:g} s")
+        data = os.read(fd, 65536)
+        if not data:
+            return report
+        report += data
+
+
+def _pidfd(pid: int) -> int:
+    """A pidfd of ``pid`` (-1 if the kernel has none or the process is already gone)."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return -1
+
+
+def _wait_exit(pidfd: int, timeout: float) -> None:
+    """Wait until the process of ``pidfd`` ended (bounded), then close the pidfd."""
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            _LOG.warning("a job's namespace init did not end within %g s", timeout)
+    finally:
+        os.close(pidfd)
+
+
+def _discard(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a helper whose start failed (and its group; a failed helper exits by itself), reap it, close its pipes."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def _start_error(report: bytes) -> StartError:
+    """Parse ``stage:errno:detail`` from the helper."""
+    stage, err, detail = ([*report.decode(errors="replace").split(":", 2), "", ""])[:3]
+    if not err.isdigit():
+        return StartError("spawn", 0, f"exec helper failed: {report[:200]!r}")
+    code = int(err)
+    reason = os.strerror(code)
+    message = f"{reason}: {detail!r}" if stage in _PATH_STAGES else f"{detail}: {reason}"
+    return StartError(stage, code, message[:1000])
 
 
 def read_boot_id() -> str:

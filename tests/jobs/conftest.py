@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,3 +68,12 @@ def jobs_env(
         return JobsEnv(server, state_dir, tls_dir, client, restart)
 
     yield make
+
+
+@pytest.fixture
+def job_dir() -> Iterator[Path]:
+    """A directory every job can use whatever user it runs as (tmp_path is private to the tests' user)."""
+    d = Path(tempfile.mkdtemp(prefix="grpc-helper-job-"))
+    d.chmod(0o1777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
 
-PY = sys.executable
+
+def _python_for_jobs() -> str:
+    """An interpreter that jobs (run as ``nobody`` when the tests run as root) can execute."""
+    exe = Path(sys.executable).resolve()
+    if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in [exe, *exe.parents]):
+        return sys.executable
+    return shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
+
+
+PY = _python_for_jobs()
 STUBS = {"jobs": (jobs_pb2_grpc.JobsStub, jobs_pb2.JOBS_API_CURRENT)}
 
 

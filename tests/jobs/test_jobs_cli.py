@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from grpc_helper.jobs import cli
 
-from .jobs_helpers import PY
+PY = sys.executable  # runs the CLI (jobs_helpers.PY is the interpreter for jobs)
 
 
 def _cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import grpc
 import psutil
@@ -13,10 +14,11 @@ from grpc_helper.jobs.api import jobs_pb2
 
 from .jobs_helpers import PY, collect, first_line, run, status, wait_done
 
-# Starts two children (one in the background of a shell) and prints their pids.
+# Starts two children (one in the background of a shell), prints their pids once all exist.
 FAMILY = (
     "import subprocess, sys, signal; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-    "a = subprocess.Popen(['sleep', '60']); b = subprocess.Popen(['sh', '-c', 'sleep 60 & wait']);"
+    "a = subprocess.Popen(['sleep', '60']);"
+    "b = subprocess.Popen(['sh', '-c', 'sleep 60 & echo started; wait'], stdout=subprocess.PIPE); b.stdout.readline();"
     "print(a.pid, b.pid, flush=True); a.wait()"
 )
 
@@ -28,12 +30,26 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _marked_sleep() -> str:
+    """A sleep duration no other process uses: finds the job's sleep from the host (its pid inside differs)."""
+    return f"{60 + random.random():.9f}"
+
+
+def _alive_with_args(*args: str) -> list[int]:
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["cmdline"] == list(args) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p.pid)
+    return found
+
+
 def test_stop_kills_the_whole_group_after_grace_and_twice_is_a_no_op(jobs_env):
     jobs = jobs_env().jobs("alice")
     st = run(jobs, PY, "-c", FAMILY)
     assert st.pid > 0 and st.state == jobs_pb2.JOB_RUNNING
-    children = [int(p) for p in first_line(jobs, st.job_id).split()]
-    assert all(not _gone(p) for p in children)
+    assert len(first_line(jobs, st.job_id).split()) == 2  # pids inside the job's namespace
+    children = [p.pid for p in psutil.Process(st.pid).children(recursive=True)]
+    assert len(children) == 5 and all(not _gone(p) for p in children)  # init, python, sleep, sh, sleep
     answer = jobs.Stop(jobs_pb2.StopRequest(job_id=st.job_id, grace_seconds=0.3))  # leader ignores SIGTERM
     assert answer.stopped
     assert answer.status.state == jobs_pb2.JOB_KILLED and answer.status.signal == 9
@@ -45,20 +61,22 @@ def test_stop_kills_the_whole_group_after_grace_and_twice_is_a_no_op(jobs_env):
 
 def test_leader_exit_kills_leftover_children(jobs_env):
     jobs = jobs_env().jobs("alice")
-    st = run(jobs, "sh", "-c", "sleep 60 & echo $!")
+    mark = _marked_sleep()
+    st = run(jobs, "sh", "-c", f"sleep {mark} & echo $!")
     final = wait_done(jobs, st.job_id)
     assert final.state == jobs_pb2.JOB_EXITED and final.exit_code == 0
-    assert _gone(int(collect(jobs, st.job_id)[jobs_pb2.STDOUT]))
+    assert collect(jobs, st.job_id)[jobs_pb2.STDOUT].strip().isdigit()
+    assert _alive_with_args("sleep", mark) == []
 
 
-def test_exit_codes_signals_env_cwd(jobs_env, tmp_path):
+def test_exit_codes_signals_env_cwd(jobs_env, job_dir):
     jobs = jobs_env().jobs("alice")
     assert wait_done(jobs, run(jobs, "sh", "-c", "exit 7").job_id).exit_code == 7
     killed = wait_done(jobs, run(jobs, "sh", "-c", "kill -USR1 $$").job_id)
     assert killed.state == jobs_pb2.JOB_KILLED and killed.signal == 10 and killed.stopped_by == jobs_pb2.STOP_NONE
-    st = run(jobs, "sh", "-c", 'echo "$FOO" "$(pwd)"', env={"FOO": "bar baz"}, cwd=str(tmp_path))
+    st = run(jobs, "sh", "-c", 'echo "$FOO" "$(pwd)"', env={"FOO": "bar baz"}, cwd=str(job_dir))
     wait_done(jobs, st.job_id)
-    assert collect(jobs, st.job_id)[jobs_pb2.STDOUT] == f"bar baz {tmp_path}\n".encode()
+    assert collect(jobs, st.job_id)[jobs_pb2.STDOUT] == f"bar baz {job_dir}\n".encode()
 
 
 def test_missing_binary_and_bad_cwd_fail_to_start(jobs_env):
@@ -132,8 +150,10 @@ def test_restart_keeps_finished_jobs_and_marks_running_ones_lost(jobs_env):
     jobs = env.jobs("alice")
     done = run(jobs, "sh", "-c", "echo out; echo err >&2")
     wait_done(jobs, done.job_id)
-    running = run(jobs, "sh", "-c", "sleep 60 & echo $!; wait")
-    child = int(first_line(jobs, running.job_id))
+    mark = _marked_sleep()
+    running = run(jobs, "sh", "-c", f"sleep {mark} & echo $!; wait")
+    child_inside = int(first_line(jobs, running.job_id))
+    [child] = _alive_with_args("sleep", mark)
     # Simulate a crash: the manager never stops the job; recovery must find and kill it.
     manager = env.server.descriptors[1].manager
     with manager.lock:
@@ -145,7 +165,7 @@ def test_restart_keeps_finished_jobs_and_marks_running_ones_lost(jobs_env):
     assert _gone(running.pid) and _gone(child)
     assert status(jobs, done.job_id).state == jobs_pb2.JOB_EXITED
     assert collect(jobs, done.job_id) == {jobs_pb2.STDOUT: b"out\n", jobs_pb2.STDERR: b"err\n"}
-    assert collect(jobs, running.job_id)[jobs_pb2.STDOUT] == f"{child}\n".encode()
+    assert collect(jobs, running.job_id)[jobs_pb2.STDOUT] == f"{child_inside}\n".encode()
     assert [j.job_id for j in jobs.List(jobs_pb2.ListRequest()).jobs] == [done.job_id, running.job_id]
 
 

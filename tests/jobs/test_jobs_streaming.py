@@ -28,9 +28,9 @@ WANT_OUT = b"ready\n" + bytes(range(256)) * 4096 * 2
 WANT_ERR = b"\x00err\xff0\n\x00err\xff1\n"
 
 
-def test_stdout_stderr_binary_concurrent_and_late_readers(jobs_env, tmp_path):
+def test_stdout_stderr_binary_concurrent_and_late_readers(jobs_env, job_dir):
     jobs = jobs_env().jobs("alice")
-    go = tmp_path / "go"
+    go = job_dir / "go"
     st = run(jobs, PY, "-c", BINARY, str(go))
     assert first_line(jobs, st.job_id) == b"ready"
     results: list[dict[int, bytes]] = []

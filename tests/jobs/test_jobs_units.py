@@ -12,6 +12,7 @@ import pytest
 from grpc_helper.jobs import ids
 from grpc_helper.jobs.logs import STDERR, STDOUT, JobLog
 from grpc_helper.jobs.process import JobProcess, LaunchSpec, StartError
+from grpc_helper.jobs.sandbox import NO_ISOLATION
 from grpc_helper.jobs.store import JobRecord, JobStore, LimitsSpec, State, StopReason
 
 from .jobs_helpers import PY
@@ -99,12 +100,12 @@ def test_exec_helper_reports_start_failures(tmp_path: Path, spec: LaunchSpec, st
     assert info.value.stage == stage and text in info.value.message and info.value.errno
 
 
-def test_process_runs_in_own_session_with_env(tmp_path: Path):
+def test_process_runs_in_own_session_with_env(tmp_path: Path, job_dir: Path):
     log = JobLog.create(tmp_path, "job")
     code = "import os; print(os.getpid() == os.getsid(0) == os.getpgid(0), os.environ['X'], os.getcwd())"
-    proc = JobProcess(LaunchSpec([PY, "-c", code], {"X": "y z"}, str(tmp_path)), log)
+    proc = JobProcess(LaunchSpec([PY, "-c", code], {"X": "y z"}, str(job_dir), isolation=NO_ISOLATION), log)
     codes: list[int] = []
     proc.start(codes.append, lambda: None)
     assert proc.done.wait(20)
     assert codes == [0]
-    assert b"".join(d for _, d in JobLog.open(tmp_path, "job").read()) == f"True y z {tmp_path}\n".encode()
+    assert b"".join(d for _, d in JobLog.open(tmp_path, "job").read()) == f"True y z {job_dir}\n".encode()
