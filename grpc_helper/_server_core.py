@@ -24,6 +24,8 @@ from grpc_helper._debug import CallRegistry, Usr2Dumper, dump
 from grpc_helper._identity import IdentityResolver
 from grpc_helper._limits import CallLimits, QuotaTable, SendWatchdog
 from grpc_helper.api.common_pb2 import ResultCode
+from grpc_helper.builtin import BuiltinServices, resolve
+from grpc_helper.config import CoreConfig
 from grpc_helper.descriptor import MethodInfo, RpcServiceDescriptor
 from grpc_helper.errors import RpcException
 from grpc_helper.info import InfoManager, info_descriptor
@@ -109,9 +111,18 @@ class ServerCore:
         health_servicer: Any,
         admins: Iterable[str] = (),
         limits: CallLimits | None = None,
+        services: BuiltinServices | bool = False,
+        stop: Callable[[float], Any] | None = None,
     ) -> None:
         self.info = InfoManager()
-        self.descriptors = [info_descriptor(self.info), *descriptors]
+        #: The built-in services (server, config, logger, events); None when opted out.
+        self.services = resolve(services)
+        builtin: list[RpcServiceDescriptor] = []
+        if self.services is not None and stop is not None:
+            grace = self.services.config[CoreConfig.SHUTDOWN_GRACE]
+            is_async = inspect.iscoroutinefunction(stop)  # AsyncRpcServer.shutdown: listeners hold no thread
+            builtin = self.services.descriptors(descriptors, lambda: stop(grace), asyncio=is_async)
+        self.descriptors = [info_descriptor(self.info), *descriptors, *builtin]
         names = [d.name for d in self.descriptors]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -281,6 +292,11 @@ class ServerView:
     def descriptors(self) -> list[RpcServiceDescriptor]:
         """Hosted services, the info service first."""
         return list(self._core.descriptors)
+
+    @property
+    def services(self) -> BuiltinServices | None:
+        """The built-in services (``services.config``, ``services.events``); None when opted out."""
+        return self._core.services
 
     def dump(self) -> Path:
         """Write a debug dump (thread stacks, pending calls) now; returns its path."""

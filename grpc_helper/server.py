@@ -18,6 +18,7 @@ from grpc_helper._interceptors import RpcServerInterceptor
 from grpc_helper._limits import CallLimits
 from grpc_helper._server_core import STOP_MARGIN, ServerCore, ServerView, drive_sync
 from grpc_helper._signals import STOP_SIGNALS, TwoStageStop
+from grpc_helper.builtin import BuiltinServices
 from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor, ServerInterceptor
 
@@ -47,6 +48,8 @@ class RpcServer(ServerView):
     :param dump_folder: where SIGUSR2 dumps are written.
     :param admins: certificate common names that have the admin role (``Access.ADMIN``).
     :param limits: per-caller quotas (default: ``CallLimits.for_threads(max_workers)``).
+    :param services: the built-in server, config, logger and events services: True for default ones, a
+        ``BuiltinServices`` for yours (your ``Config`` and ``Events``), False for none (doc/config.md).
 
     Raises ``RpcException(ResultCode.ERROR_PORT_BUSY)`` when the port is taken, and whatever a manager's
     ``load()`` raises (the port is released then).
@@ -71,10 +74,11 @@ class RpcServer(ServerView):
         dump_folder: str | Path = "/tmp",
         admins: Iterable[str] = (),
         limits: CallLimits | None = None,
+        services: BuiltinServices | bool = True,
     ) -> None:
         core = self._core = ServerCore(
             port, descriptors, host, dump_folder, HealthServicer(), admins=admins,
-            limits=limits or CallLimits.for_threads(max_workers),
+            limits=limits or CallLimits.for_threads(max_workers), services=services, stop=self.shutdown,
         )
         self._thread_prefix = f"rpc-server-{id(self):x}"
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=self._thread_prefix)
@@ -148,6 +152,9 @@ class RpcServer(ServerView):
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until ``shutdown()`` completed (True) or ``timeout`` expired (False)."""
         return self._terminated.wait(timeout)
+
+    #: Block until the server stopped, for any reason (``shutdown()``, a signal, the server service).
+    wait_shutdown = wait_for_termination
 
     def __enter__(self) -> RpcServer:
         return self

@@ -18,6 +18,7 @@ from grpc_helper._server_core import STOP_MARGIN, ServerCore, ServerView, drive_
 from grpc_helper._signals import STOP_SIGNALS, TwoStageStop
 from grpc_helper.aio._interceptors import AsyncRpcServerInterceptor
 from grpc_helper.aio.client import AsyncRpcClient
+from grpc_helper.builtin import BuiltinServices
 from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor
 
@@ -59,9 +60,11 @@ class AsyncRpcServer(ServerView):
         dump_folder: str | Path = "/tmp",
         admins: Iterable[str] = (),
         limits: CallLimits | None = None,
+        services: BuiltinServices | bool = True,
     ) -> None:
         self._core = ServerCore(
-            port, descriptors, host, dump_folder, AsyncHealthServicer(), admins=admins, limits=limits
+            port, descriptors, host, dump_folder, AsyncHealthServicer(), admins=admins, limits=limits,
+            services=services, stop=self.shutdown,
         )
         self._credentials = credentials
         self._client_credentials = client_credentials
@@ -98,6 +101,9 @@ class AsyncRpcServer(ServerView):
         except TimeoutError:
             return False
         return True
+
+    #: Wait until the server stopped, for any reason (``shutdown()``, the server service, a signal).
+    wait_shutdown = wait_for_termination
 
     async def start(self) -> None:
         """Bind, serve, load the managers, then report SERVING. Raises if already started."""
@@ -175,6 +181,9 @@ class AsyncRpcServer(ServerView):
         except TimeoutError:
             return False
         return True
+
+    #: Wait until the server stopped, for any reason (``shutdown()``, the server service, a signal).
+    wait_shutdown = wait_for_termination
 
     async def __aenter__(self) -> AsyncRpcServer:
         await self.start()
