@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc_helper
+from grpc_helper import Access
 from grpc_helper.api import (
     config_pb2,
     config_pb2_grpc,
@@ -32,6 +33,15 @@ BUILTIN_STUBS: dict[str, tuple[type, int]] = {
 }
 
 LOGS_FOLDER = "logs"
+
+_READ_OR_ADMIN = {"get": Access.AUTHENTICATED, "*": Access.ADMIN}
+#: Who may call what: reads for authenticated callers (client certificate), changes and shutdown for admins.
+ACCESS: dict[str, Any] = {
+    "server": Access.ADMIN,
+    "config": _READ_OR_ADMIN,
+    "logger": _READ_OR_ADMIN,
+    "events": {"listen": Access.AUTHENTICATED, "*": Access.ADMIN},
+}
 
 
 class BuiltinServices:
@@ -97,6 +107,7 @@ class BuiltinServices:
                 managers[name],
                 _REGISTER[name],
                 stub,
+                access=ACCESS[name],
             )
             for name, (stub, _version) in BUILTIN_STUBS.items()
         ]

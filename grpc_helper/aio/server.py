@@ -102,9 +102,6 @@ class AsyncRpcServer(ServerView):
             return False
         return True
 
-    #: Wait until the server stopped, for any reason (``shutdown()``, the server service, a signal).
-    wait_shutdown = wait_for_termination
-
     async def start(self) -> None:
         """Bind, serve, load the managers, then report SERVING. Raises if already started."""
         if self._server is not None:

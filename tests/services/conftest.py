@@ -49,6 +49,7 @@ class Env:
         if kwargs.pop("tls", True):
             kwargs.setdefault("credentials", certs.server_credentials(self.tls))
             kwargs.setdefault("client_credentials", certs.channel_credentials(self.tls, SELF))
+            kwargs.setdefault("admins", [ADMIN])
         port = kwargs.pop("port", 0)
         if self.runner is None:
             server: Any = RpcServer(port, list(descriptors), **kwargs)
