@@ -20,11 +20,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from grpc_helper._admission import CallGate
+from grpc_helper._builtin import BuiltinServices, resolve
 from grpc_helper._debug import CallRegistry, Usr2Dumper, dump
 from grpc_helper._identity import IdentityResolver
 from grpc_helper._limits import CallLimits, QuotaTable, SendWatchdog
 from grpc_helper.api.common_pb2 import ResultCode
-from grpc_helper.builtin import BuiltinServices, resolve
 from grpc_helper.config import CoreConfig
 from grpc_helper.descriptor import MethodInfo, RpcServiceDescriptor
 from grpc_helper.errors import RpcException

@@ -13,12 +13,12 @@ from typing import Any, NoReturn
 
 import grpc
 
+from grpc_helper._builtin import BuiltinServices
 from grpc_helper._health import HealthServicer
 from grpc_helper._interceptors import RpcServerInterceptor
 from grpc_helper._limits import CallLimits
 from grpc_helper._server_core import STOP_MARGIN, ServerCore, ServerView, drive_sync
 from grpc_helper._signals import STOP_SIGNALS, TwoStageStop
-from grpc_helper.builtin import BuiltinServices
 from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor, ServerInterceptor
 

@@ -18,9 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sample_service import Request, SampleManager, sample_descriptor, stubs, wait_until
 
-from grpc_helper import ResultCode, RpcClient, RpcException, RpcServer
+from grpc_helper import BuiltinServices, ResultCode, RpcClient, RpcException, RpcServer
 from grpc_helper.api.info_pb2 import InfoFilter
-from grpc_helper.builtin import BUILTIN_STUBS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -97,7 +96,7 @@ def test_auto_client_reaches_every_service_even_in_load(stack_server: Any) -> No
     assert manager.health_in_load == NOT_SERVING  # SERVING only once every load() returned
     assert server.auto_client.sample.echo(Request(text="auto")).text == "auto"
     names = [i.name for i in server.auto_client.info.get(InfoFilter()).items]
-    assert names == ["info", "sample", *BUILTIN_STUBS]
+    assert names == ["info", "sample", *BuiltinServices.STUBS]
 
 
 def test_info_service_filters_and_unknown_name(stack_server: Any) -> None:
@@ -167,7 +166,7 @@ def test_reflection_lists_every_service(stack_server: Any) -> None:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     names = {s.name for s in reply.list_services_response.service}
-    builtin = {f"grpc_helper.api.{n.capitalize()}Service" for n in BUILTIN_STUBS}
+    builtin = {f"grpc_helper.api.{n.capitalize()}Service" for n in BuiltinServices.STUBS}
     standard = {"grpc_helper.api.InfoService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
     assert names == {SAMPLE, *standard, *builtin}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 import grpc_helper
 
 PUBLIC = {
-    "Access", "CallLimits", "Identity", "ResultCode", "RpcClient", "RpcException", "RpcManager", "RpcServer",
-    "RpcServiceDescriptor", "__version__", "current_identity",
+    "Access", "BuiltinServices", "CallLimits", "Identity", "ResultCode", "RpcClient", "RpcException", "RpcManager", "RpcServer",
+    "RpcServiceDescriptor", "RpcCliParser", "__version__", "current_identity",
 }
 PUBLIC_AIO = {"AsyncRpcClient", "AsyncRpcManager", "AsyncRpcServer"}
 
@@ -27,6 +28,22 @@ def test_aio_all_is_pinned() -> None:
     import grpc_helper.aio
 
     assert sorted(grpc_helper.aio.__all__) == sorted(PUBLIC_AIO)
+
+
+SERVICE_PACKAGES = {
+    "config": {"Config", "ConfigError", "ConfigItem", "ConfigManager", "CoreConfig", "Folders", "Kind"},
+    "events": {"AsyncEventListener", "AsyncEventsManager", "EventListener", "Events", "EventsManager"},
+    "logger": {"LogFiles", "LoggerManager", "service_logger"},
+    "server_service": {"MAX_DELAY", "ServerManager"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(SERVICE_PACKAGES))
+def test_service_packages_all_is_pinned(package: str) -> None:
+    module = importlib.import_module(f"grpc_helper.{package}")
+    assert set(module.__all__) == SERVICE_PACKAGES[package] and len(module.__all__) == len(set(module.__all__))
+    for name in module.__all__:
+        assert getattr(module, name) is not None
 
 
 def test_internals_are_private() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from sample_service import sample_descriptor
 from test_core_client import free_port
 
-from grpc_helper.builtin import BUILTIN_STUBS
+from grpc_helper import BuiltinServices
 
 
 def info_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -24,7 +24,7 @@ def test_table_and_json(rpc_server_factory: Any) -> None:
     assert table.returncode == 0, table.stderr
     header, *rows = table.stdout.splitlines()
     assert header.split()[:3] == ["SERVICE", "PACKAGE", "VERSION"]
-    assert [r.split()[0] for r in rows] == ["info", "sample", *BUILTIN_STUBS]
+    assert [r.split()[0] for r in rows] == ["info", "sample", *BuiltinServices.STUBS]
     assert rows[1].split()[3:] == ["1", "3", "tests.sample.SampleService"]
     as_json = info_cli("--endpoint", f"127.0.0.1:{server.port}", "--json", "--service", "sample")
     assert json.loads(as_json.stdout) == [

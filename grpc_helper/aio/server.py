@@ -12,13 +12,13 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from grpc_helper._builtin import BuiltinServices
 from grpc_helper._health import AsyncHealthServicer
 from grpc_helper._limits import CallLimits
 from grpc_helper._server_core import STOP_MARGIN, ServerCore, ServerView, drive_async
 from grpc_helper._signals import STOP_SIGNALS, TwoStageStop
 from grpc_helper.aio._interceptors import AsyncRpcServerInterceptor
 from grpc_helper.aio.client import AsyncRpcClient
-from grpc_helper.builtin import BuiltinServices
 from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor
 

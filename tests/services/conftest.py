@@ -20,8 +20,7 @@ import pytest
 from sample_async import LoopThread, SyncAioClient, SyncAioServer, _next
 from sample_service import SampleManager
 
-from grpc_helper import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer, certs
-from grpc_helper.builtin import BUILTIN_STUBS
+from grpc_helper import AsyncRpcClient, AsyncRpcServer, BuiltinServices, RpcClient, RpcServer, certs
 from grpc_helper.events import AsyncEventListener, EventListener
 
 ADMIN, USER = "root", "alice"
@@ -62,7 +61,7 @@ class Env:
         return None if who is None else certs.channel_credentials(self.tls, who)
 
     def client(self, port: int, who: str | None = ADMIN, timeout: float = 10, **kwargs: Any) -> Any:
-        args = ("127.0.0.1", port, BUILTIN_STUBS)
+        args = ("127.0.0.1", port, BuiltinServices.STUBS)
         kwargs.update(timeout=timeout, name="pytest", credentials=self.credentials(who))
         if self.runner is None:
             client: Any = RpcClient(*args, **kwargs)

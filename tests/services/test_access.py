@@ -7,12 +7,11 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_helper import RpcException
+from grpc_helper import BuiltinServices, RpcException
 from grpc_helper.api.config_pb2 import ConfigFilter, ConfigValue, ConfigValues
 from grpc_helper.api.events_pb2 import EventRequest
 from grpc_helper.api.logger_pb2 import LoggerFilter, LoggerLevel, LoggerLevels
 from grpc_helper.api.server_pb2 import ShutdownRequest
-from grpc_helper.builtin import BuiltinServices
 from grpc_helper.config import Config, ConfigItem
 from grpc_helper.events import Events
 from services.conftest import USER

@@ -9,9 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_helper import ResultCode, RpcException
+from grpc_helper import BuiltinServices, ResultCode, RpcException
 from grpc_helper.api.config_pb2 import ConfigFilter, ConfigValue, ConfigValues
-from grpc_helper.builtin import BuiltinServices
 from grpc_helper.config import Config, ConfigError, ConfigItem, CoreConfig, Folders, Kind
 from grpc_helper.events import Events
 from services.test_events import subscribed, take

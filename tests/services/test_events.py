@@ -9,9 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_helper import ResultCode, RpcException
+from grpc_helper import BuiltinServices, ResultCode, RpcException
 from grpc_helper.api.events_pb2 import ERROR_EVENTS_LOST, EventRequest
-from grpc_helper.builtin import BuiltinServices
 from grpc_helper.events import Events
 from services.relay import Relay
 

@@ -11,9 +11,8 @@ import pytest
 import sample_pb2_grpc  # type: ignore[import-not-found]
 from sample_service import sample_descriptor
 
-from grpc_helper import RpcException, RpcManager
+from grpc_helper import BuiltinServices, RpcException, RpcManager
 from grpc_helper.api.logger_pb2 import LoggerFilter, LoggerLevel, LoggerLevels
-from grpc_helper.builtin import BuiltinServices
 from grpc_helper.config import Config, Folders
 
 

@@ -60,6 +60,9 @@ class BuiltinServices:
         server = RpcServer(0, [my_descriptor(config, events)], services=BuiltinServices(config, events))
     """
 
+    #: Client attribute -> (stub, API version) of the built-in services, for ``RpcClient(host, port, STUBS)``.
+    STUBS = BUILTIN_STUBS
+
     def __init__(self, config: Config | None = None, events: Events | None = None) -> None:
         self.config = config or Config()
         self.events = events or Events(self.config[CoreConfig.EVENTS_WINDOW], self.config[CoreConfig.EVENTS_KEEPALIVE])
