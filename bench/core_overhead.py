@@ -8,6 +8,11 @@ and the median of each is kept, so machine noise hits both sides alike.
     P2  throughput, 32 concurrent callers, RpcServer ÷ bare grpc.server   (goal >= 0.95)
     P2  the same for AsyncRpcServer ÷ bare grpc.aio server                (goal >= 0.95)
     P2  best of our servers ÷ best bare grpcio server                     (goal >= 0.95)
+    C   server CPU time per sequential call, AsyncRpcServer ÷ bare grpc.aio (goal <= 1.02), and
+        RpcServer ÷ bare grpc.server (for information); the difference is the work grpc-helper adds per call
+
+CPU time is read from each server process (user + system), so it measures the work done for a call rather
+than how long the call waited: it is much steadier than wall-clock figures on a busy machine.
 
 The asyncio servers answer on their event loop: the bare one hosts an ``async def`` wrapper of the same
 InfoManager (grpc.aio would run a plain ``def`` in a thread pool), ours calls it inline like its own.
@@ -29,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import grpc.aio
+import psutil
 
 from grpc_helper.api import info_pb2, info_pb2_grpc
 from grpc_helper.metadata import client_metadata
@@ -120,10 +126,11 @@ class Target:
     def __init__(self, name: str) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, SERVE_SCRIPT[0], "--serve", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
+        self.process = psutil.Process(self.proc.pid)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.get = info_pb2_grpc.InfoServiceStub(self.channel).get
         self.get(info_pb2.InfoFilter(), timeout=10)  # connected and warm
@@ -135,6 +142,7 @@ class Target:
         self.proc.wait(10)
 
 
+SERVE_SCRIPT = [__file__]
 REQUEST = info_pb2.InfoFilter()
 METADATA = client_metadata(info_pb2.INFO_API_CURRENT, "bench")
 
@@ -145,6 +153,15 @@ def sequential_latency(target: Target, calls: int) -> float:
     for _ in range(calls):
         target.get(REQUEST, metadata=METADATA, timeout=10)
     return (time.perf_counter() - start) / calls
+
+
+def cpu_per_call(target: Target, calls: int) -> float:
+    """Server CPU seconds (user + system, all its threads) per call, one call at a time."""
+    before = target.process.cpu_times()
+    for _ in range(calls):
+        target.get(REQUEST, metadata=METADATA, timeout=10)
+    after = target.process.cpu_times()
+    return (after.user + after.system - before.user - before.system) / calls
 
 
 def throughput(target: Target, calls: int, concurrency: int) -> float:
@@ -187,16 +204,25 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--only-cpu", action="store_true", help="only the server CPU per call figures")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
         return
-    names = [*SERVERS, *AIO_SERVERS]
+    names = [*SERVERS, *AIO_SERVERS] if not args.only_cpu else ["bare-aio", "ours-aio", "bare", "ours"]
+    if args.only_cpu:
+        cpu = measure(names, args.rounds, lambda t: cpu_per_call(t, args.calls))
+        for n in names:
+            print(f"{n:<12} server CPU/call {cpu[n] * 1e6:8.1f} us")
+        print(f"C  CPU/call    ours-aio / bare-aio = {cpu['ours-aio'] / cpu['bare-aio']:.3f}   (goal <= 1.02)")
+        print(f"C  CPU/call    ours / bare = {cpu['ours'] / cpu['bare']:.3f}")
+        return
     latency = measure(names, args.rounds, lambda t: sequential_latency(t, args.calls))
     rate = measure(names, args.rounds, lambda t: throughput(t, args.calls * 2, args.concurrency))
-    print(f"{'server':<12}{'latency (us)':>14}{'calls/s @' + str(args.concurrency):>16}")
+    cpu = measure(names, args.rounds, lambda t: cpu_per_call(t, args.calls))
+    print(f"{'server':<12}{'latency (us)':>14}{'calls/s @' + str(args.concurrency):>16}{'server CPU/call (us)':>22}")
     for n in names:
-        print(f"{n:<12}{latency[n] * 1e6:>14.1f}{rate[n]:>16.0f}")
+        print(f"{n:<12}{latency[n] * 1e6:>14.1f}{rate[n]:>16.0f}{cpu[n] * 1e6:>22.1f}")
     print()
     print(f"P1 latency    ours / bare = {latency['ours'] / latency['bare']:.3f}   (goal <= 1.05)")
     print(f"P2 throughput ours / bare = {rate['ours'] / rate['bare']:.3f}   (goal >= 0.95)")
@@ -206,6 +232,10 @@ def main() -> None:
     best_bare = max(("bare", "bare-aio"), key=rate.__getitem__)
     best = rate[best_ours] / rate[best_bare]
     print(f"P2 throughput best ours ({best_ours}) / best bare ({best_bare}) = {best:.3f}   (goal >= 0.95)")
+    print(f"C  CPU/call    ours-aio / bare-aio = {cpu['ours-aio'] / cpu['bare-aio']:.3f}   (goal <= 1.02; "
+          f"+{(cpu['ours-aio'] - cpu['bare-aio']) * 1e6:.1f} us)")
+    print(f"C  CPU/call    ours / bare = {cpu['ours'] / cpu['bare']:.3f}   (for information; "
+          f"+{(cpu['ours'] - cpu['bare']) * 1e6:.1f} us)")
 
 
 if __name__ == "__main__":

@@ -39,16 +39,20 @@ def peer_host(peer: str) -> str:
 class CallGate:
     """Identity, access rule and quota for every call of one server."""
 
-    def __init__(self, resolver: IdentityResolver, quotas: QuotaTable) -> None:
+    def __init__(self, resolver: IdentityResolver, quotas: QuotaTable, secure: bool = True) -> None:
         self.resolver = resolver
         self.quotas = quotas
+        #: False on plaintext servers: no caller has an identity there (and reading the auth context is skipped).
+        self.secure = secure
 
-    def admit(self, method: str, rule: Access, streaming: bool, context: Any) -> Admission:
-        """Admit a call or raise ``RpcException`` (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED)."""
-        identity = self.resolver.resolve(context.auth_context())
-        refusal = rule.refusal(method.rpartition("/")[2] or method, identity)
-        if refusal is not None:
-            raise refusal
+    def admit(self, name: str, rule: Access, streaming: bool, context: Any) -> Admission:
+        """Admit a call of method ``name`` or raise ``RpcException`` (UNAUTHENTICATED, PERMISSION_DENIED,
+        RESOURCE_EXHAUSTED)."""
+        identity = self.resolver.resolve(context.auth_context()) if self.secure else None
+        if rule is not Access.ANYONE:
+            refusal = rule.refusal(name, identity)
+            if refusal is not None:
+                raise refusal
         key = identity.name if identity is not None else peer_host(context.peer())
         self.quotas.acquire(key, streaming)
         return Admission(identity, key, streaming)

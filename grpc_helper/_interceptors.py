@@ -174,10 +174,11 @@ class RpcServerInterceptor(InterceptorCore, ServerInterceptor):
         calls, gate, watchdog, rule = self._calls, self._gate, self._watchdog, self._rule(method)
         streaming = handler.request_streaming or handler.response_streaming
         request_streaming = handler.request_streaming
+        name = method.rpartition("/")[2] or method
 
         def admit(context: grpc.ServicerContext) -> Admission:
             try:
-                return gate.admit(method, rule, streaming, context)
+                return gate.admit(name, rule, streaming, context)
             except RpcException as exc:
                 context.abort_with_status(to_status(exc))
                 raise  # not reached: abort raises

@@ -113,6 +113,7 @@ class ServerCore:
         limits: CallLimits | None = None,
         services: BuiltinServices | bool = False,
         stop: Callable[[float], Any] | None = None,
+        secure: bool = True,
     ) -> None:
         self.info = InfoManager()
         #: The built-in services (server, config, logger, events); None when opted out.
@@ -142,7 +143,7 @@ class ServerCore:
         self.shutting_down = False
         self.lock = threading.Lock()
         self.limits = limits or CallLimits()
-        self.gate = CallGate(IdentityResolver(admins), QuotaTable(self.limits))
+        self.gate = CallGate(IdentityResolver(admins), QuotaTable(self.limits), secure)
         self.watchdog = SendWatchdog(self.limits.send_timeout)
         self.loaded: list[Any] = []
         #: Auto-clients made for the hosted managers, by kind (``False``: sync, ``True``: asyncio).

@@ -79,6 +79,7 @@ class RpcServer(ServerView):
         core = self._core = ServerCore(
             port, descriptors, host, dump_folder, HealthServicer(), admins=admins,
             limits=limits or CallLimits.for_threads(max_workers), services=services, stop=self.shutdown,
+            secure=credentials is not None,
         )
         self._thread_prefix = f"rpc-server-{id(self):x}"
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=self._thread_prefix)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from grpc_helper._admission import Admission, Undecodable, check_decoded
+from grpc_helper._admission import Undecodable, check_decoded
 from grpc_helper._identity import reset_current, set_current
 from grpc_helper._interceptors import InterceptorCore, adapt_arity, behavior_of, rebuild_handler, unexpected_error
 from grpc_helper.descriptor import Handler
@@ -63,13 +63,7 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
         calls, gate, watchdog, rule = self._calls, self._gate, self._watchdog, self._rule(method)
         streaming = handler.request_streaming or handler.response_streaming
         request_streaming = handler.request_streaming
-
-        async def admit(context: Context) -> Admission:
-            try:
-                return gate.admit(method, rule, streaming, context)
-            except RpcException as exc:
-                await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
-                raise  # not reached: abort raises
+        name = method.rpartition("/")[2] or method
 
         def decoded(request: Any) -> Any:
             if request_streaming:
@@ -85,10 +79,11 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 key = calls.begin(method, context)
                 try:
-                    admission = await admit(context)
-                except BaseException:
+                    admission = gate.admit(name, rule, streaming, context)
+                except RpcException as exc:
                     calls.end(key)
-                    raise
+                    await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+                    raise  # not reached: abort raises
                 token = set_current(admission.identity)
                 task = asyncio.current_task()
                 loop = asyncio.get_running_loop()
@@ -119,10 +114,11 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
         async def unary(request: Any, context: Context) -> Any:
             key = calls.begin(method, context)
             try:
-                admission = await admit(context)
-            except BaseException:
+                admission = gate.admit(name, rule, streaming, context)
+            except RpcException as exc:
                 calls.end(key)
-                raise
+                await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+                raise  # not reached: abort raises
             token = set_current(admission.identity)
             try:
                 return await result(decoded(request), context)

@@ -65,6 +65,7 @@ class AsyncRpcServer(ServerView):
         self._core = ServerCore(
             port, descriptors, host, dump_folder, AsyncHealthServicer(), admins=admins, limits=limits,
             services=services, stop=self.shutdown,
+            secure=credentials is not None,
         )
         self._credentials = credentials
         self._client_credentials = client_credentials
