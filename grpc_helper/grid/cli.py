@@ -1,57 +1,54 @@
-"""``python -m grpc_helper.grid``: serve, worker, status, stop-worker, start-worker, shutdown, submit."""
+"""``python -m grpc_helper.grid``: serve, worker, status, stop-worker, start-worker, shutdown, submit.
+
+Every command speaks mTLS with the material of ``--tls-dir`` (see ``python -m grpc_helper.certs``) unless
+``--insecure`` asks for plaintext.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import grpc
 
-from grpc_helper import RpcException, RpcServer
-from grpc_helper._cli.parser import add_version
-from grpc_helper.grid.client import GridClient, GridController, JobError
+from grpc_helper import Access, AsyncRpcServer, RpcException
+from grpc_helper import certs as tls
+from grpc_helper._cli import tls as cli_tls
+from grpc_helper._cli.exits import CliError, ExitCode, run
+from grpc_helper._cli.parser import new_parser
+from grpc_helper.grid.client import GridClient
 from grpc_helper.grid.config import GridLimits
+from grpc_helper.grid.controller import GridController
 from grpc_helper.grid.handlers import load_handler
 from grpc_helper.grid.manager import descriptors
 from grpc_helper.grid.worker import GridWorker
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
-
-
-def _read(path: str | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
-
-
-def _tls_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("TLS (plaintext when omitted)")
-    group.add_argument("--ca", help="CA certificate (PEM): verify the peer")
-    group.add_argument("--cert", help="own certificate (PEM)")
-    group.add_argument("--key", help="own private key (PEM)")
+#: Identity of the workers that the controller's start-worker spawns (created in the TLS directory if needed).
+SPAWNED_WORKER = "grid-worker"
 
 
 def channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
-    if not (args.ca or args.cert or args.key):
-        return None
-    return grpc.ssl_channel_credentials(_read(args.ca), _read(args.key), _read(args.cert))
+    return cli_tls.client_credentials(args)
 
 
-def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:
-    if not (args.cert and args.key):
-        if args.ca or args.cert or args.key:
-            raise SystemExit("serve: TLS needs --cert and --key (and --ca to require client certificates)")
-        return None
-    pair = [(Path(args.key).read_bytes(), Path(args.cert).read_bytes())]
-    ca = _read(args.ca)
-    return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=ca is not None)
+def _spawned_tls_options(args: argparse.Namespace, credentials: grpc.ServerCredentials | None) -> list[str]:
+    """The TLS options of the workers the server spawns (their identity: ``SPAWNED_WORKER``)."""
+    if credentials is None:
+        return ["--insecure"]
+    options = ["--tls-dir", str(cli_tls.tls_dir(args)), "--name", SPAWNED_WORKER]
+    if args.ca:
+        options += ["--ca", str(args.ca)]
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m grpc_helper.grid", description=__doc__)
-    add_version(parser)
+    parser = new_parser("python -m grpc_helper.grid", __doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -65,12 +62,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SERVICE=package.module:function",
         help="handler of workers spawned by start-worker for SERVICE (default: echo)",
     )
+    serve.add_argument("--admin", action="append", default=[], help="admin identity (also read from TLS_DIR/admins)")
     serve.add_argument("--max-jobs", type=int, default=GridLimits.max_jobs)
+    serve.add_argument("--max-session-jobs", type=int, default=GridLimits.max_session_jobs)
     serve.add_argument("--max-payload-bytes", type=int, default=GridLimits.max_payload_bytes)
     serve.add_argument("--max-retries", type=int, default=GridLimits.max_retries)
+    serve.add_argument("--result-ttl", type=float, default=GridLimits.result_ttl, help="seconds")
+    serve.add_argument("--session-ttl", type=float, default=GridLimits.session_ttl, help="seconds")
     serve.add_argument("--heartbeat", type=float, default=GridLimits.heartbeat_interval, help="seconds")
     serve.add_argument("--worker-arg", action="append", default=[], help="extra option for spawned workers")
-    _tls_args(serve)
+    cli_tls.add_server_tls_options(serve)
 
     worker = sub.add_parser("worker", help="run a worker (Ctrl+C: drain and exit 0; twice: exit at once)")
     worker.add_argument("handler", help="package.module:function taking and returning bytes")
@@ -78,9 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--service", required=True, help="service id")
     worker.add_argument("--version", required=True, help="service version")
     worker.add_argument("--concurrency", type=int, default=1)
-    worker.add_argument("--prefetch", type=int, default=None)
+    worker.add_argument("--prefetch", type=int, default=None, help="default: adapted to the handler's speed")
     worker.add_argument("--description", default="")
-    _tls_args(worker)
+    cli_tls.add_client_tls_options(worker, tls_default=True)
 
     for name, help_ in (
         ("status", "print the grid status"),
@@ -91,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
-        p.add_argument("--timeout", type=float, default=30.0, help="seconds")
-        _tls_args(p)
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds (for submit: the whole command's)")
+        cli_tls.add_client_tls_options(p, tls_default=True)
         if name == "status":
             p.add_argument("--json", action="store_true", help="raw JSON")
         elif name == "stop-worker":
@@ -108,30 +109,74 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _limits(args: argparse.Namespace) -> GridLimits:
+    return GridLimits(
+        max_jobs=args.max_jobs,
+        max_session_jobs=args.max_session_jobs,
+        max_payload_bytes=args.max_payload_bytes,
+        max_retries=args.max_retries,
+        result_ttl=args.result_ttl,
+        session_ttl=args.session_ttl,
+        heartbeat_interval=args.heartbeat,
+        heartbeat_timeout=3 * args.heartbeat,
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
+    """Host the grid on an asyncio server: waiting workers and clients cost no thread."""
     handlers = {}
     for item in args.handler:
         service, sep, ref = item.partition("=")
         if not sep:
-            raise SystemExit(f"--handler expects SERVICE=package.module:function, got {item!r}")
+            raise ValueError(f"--handler expects SERVICE=package.module:function, got {item!r}")
         handlers[service] = ref
-    limits = GridLimits(
-        max_jobs=args.max_jobs,
-        max_payload_bytes=args.max_payload_bytes,
-        max_retries=args.max_retries,
-        heartbeat_interval=args.heartbeat,
-        heartbeat_timeout=3 * args.heartbeat,
-    )
-    hosting: list[RpcServer] = []  # the controller's shutdown stops the server once the grid is closed
+    limits = _limits(args)
+    admins: set[str] = set(args.admin)
+    credentials = cli_tls.server_credentials(args)
+    client_credentials = None
+    if credentials is not None:
+        directory = cli_tls.tls_dir(args)
+        admins |= tls.admins_of(directory)
+        if not tls.TlsFiles(directory, SPAWNED_WORKER).cert.exists():
+            try:
+                tls.init(directory, clients=[SPAWNED_WORKER])  # needs the CA key: else spawned workers can't connect
+            except (OSError, ValueError) as exc:
+                logging.getLogger("grpc_helper.grid").warning("no certificate for spawned workers: %s", exc)
+        if tls.TlsFiles(directory, SPAWNED_WORKER).cert.exists():
+            client_credentials = tls.channel_credentials(directory, SPAWNED_WORKER, ca=args.ca)
+    return asyncio.run(_serve_async(args, limits, handlers, admins, credentials, client_credentials))
+
+
+async def _serve_async(
+    args: argparse.Namespace,
+    limits: GridLimits,
+    handlers: dict[str, str],
+    admins: set[str],
+    credentials: grpc.ServerCredentials | None,
+    client_credentials: grpc.ChannelCredentials | None,
+) -> int:
+    hosting: list[AsyncRpcServer] = []  # the controller's shutdown stops the server once the grid is closed
     descs = descriptors(
-        limits=limits, handlers=handlers, worker_args=args.worker_arg, on_shutdown=lambda: hosting[0].shutdown(2.0)
+        limits=limits,
+        handlers=handlers,
+        worker_args=[*_spawned_tls_options(args, credentials), *args.worker_arg],
+        on_shutdown=lambda: hosting[0].shutdown(2.0),
+        workers=Access.AUTHENTICATED if credentials is not None else Access.ANYONE,
     )
-    creds = _server_credentials(args)
-    client_creds = channel_credentials(args) if creds is not None else None
-    server = RpcServer(args.port, descs, host=args.host, credentials=creds, client_credentials=client_creds)
+    server = AsyncRpcServer(
+        args.port,
+        descs,
+        host=args.host,
+        credentials=credentials,
+        client_credentials=client_credentials,
+        options=limits.server_options(),
+        admins=admins,
+    )
     hosting.append(server)
-    print(f"grid serving on {args.host}:{server.port}", flush=True)
-    server.serve_forever(grace=2.0)  # the grid closes first (begin_shutdown): workers drain, streams end
+    await server.start()
+    mode = "plaintext" if credentials is None else f"mTLS, admins: {', '.join(sorted(admins)) or '-'}"
+    print(f"grid serving on {args.host}:{server.port} ({mode})", flush=True)
+    await server.serve_forever(grace=2.0)  # the grid closes first (begin_shutdown): workers drain, streams end
     return 0
 
 
@@ -166,20 +211,32 @@ def _print_status(status: dict[str, object]) -> None:
 
 def _submit(args: argparse.Namespace) -> int:
     payloads = [d.encode() for d in args.data] or [line.rstrip("\n").encode() for line in sys.stdin]
+    end = time.monotonic() + args.timeout
     failed = 0
     with GridClient(args.endpoint, credentials=channel_credentials(args), timeout=args.timeout) as client:
+        print(f"session {client.session}", flush=True)
         handles = client.submit_batch(args.service, args.version, payloads)
         for handle in handles:
             try:
-                print(f"{handle.job_id}: {handle.result(args.timeout).decode(errors='replace')}")
-            except JobError as exc:
+                print(f"{handle.job_id}: {handle.result(max(0.0, end - time.monotonic())).decode(errors='replace')}")
+            except RpcException as exc:
                 failed += 1
                 print(f"{handle.job_id}: ERROR {exc.message}")
             except TimeoutError:
                 failed += 1
-                print(f"{handle.job_id}: no result within {args.timeout:g}s (is a worker serving "
-                      f"{args.service}/{args.version}?)")
-    return 1 if failed else 0
+                cancelled = "cancelled" if _cancel(client, handle.job_id) else "not cancelled"
+                print(
+                    f"{handle.job_id}: no result within {args.timeout:g}s ({cancelled}; is a worker serving "
+                    f"{args.service}/{args.version}?)"
+                )
+    return ExitCode.TASK_FAILED if failed else ExitCode.OK
+
+
+def _cancel(client: GridClient, job_id: int) -> bool:
+    try:
+        return client.cancel(job_id)
+    except RpcException:
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose or args.command in ("serve", "worker") else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    return run(lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
@@ -195,22 +256,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(args)
         if args.command == "submit":
             return _submit(args)
-        with GridController(args.endpoint, credentials=channel_credentials(args), timeout=args.timeout) as ctl:
-            if args.command == "status":
-                status = ctl.status()
-                if args.json:
-                    print(json.dumps(status, indent=2))
-                else:
-                    _print_status(status)
-            elif args.command == "stop-worker":
-                print(json.dumps(ctl.stop_worker(args.worker_id)))
-            elif args.command == "start-worker":
-                started = ctl.start_worker(args.spec)
-                print(f"worker started: pid {started.pid}, handler {started.handler}")
-            elif args.command == "shutdown":
-                done = ctl.shutdown(args.delay)
-                print(f"shutting down in {done.delay:g}s ({done.jobs_pending} job(s) pending will fail)")
-        return 0
-    except (RpcException, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from None
+    with GridController(args.endpoint, credentials=channel_credentials(args), timeout=args.timeout) as ctl:
+        if args.command == "status":
+            status = ctl.status()
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_status(status)
+        elif args.command == "stop-worker":
+            print(json.dumps(ctl.stop_worker(args.worker_id)))
+        elif args.command == "start-worker":
+            started = ctl.start_worker(args.spec)
+            print(f"worker started: pid {started.pid}, handler {started.handler}")
+        elif args.command == "shutdown":
+            done = ctl.shutdown(args.delay)
+            print(f"shutting down in {done.delay:g}s ({done.jobs_pending} job(s) pending will fail)")
+    return ExitCode.OK

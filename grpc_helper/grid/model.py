@@ -1,15 +1,22 @@
-"""Grid records: jobs, workers, client sessions and what flows between them and the scheduler."""
+"""Grid records: jobs, workers, client sessions and what flows between them and the scheduler.
+
+Plain data: the scheduler's parts (admission, delivery, dispatch) change them under the scheduler's lock.
+"""
 
 from __future__ import annotations
 
 import enum
-import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from grpc_helper import ResultCode
 
 Key = tuple[str, str]  # (service_id, service_version)
+
+
+def _nothing() -> None:
+    pass
 
 
 class JobState(enum.IntEnum):
@@ -26,7 +33,7 @@ TERMINAL = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
 class GridError(Exception):
-    """Base of the scheduler's errors; the manager maps each subclass to a ResultCode."""
+    """Base of the scheduler's errors; ``errors.rpc_error`` maps each subclass to a ResultCode."""
 
 
 class GridLimitError(GridError):
@@ -38,7 +45,7 @@ class GridParamError(GridError):
 
 
 class GridUnknownError(GridError):
-    """Unknown job or worker (NOT_FOUND)."""
+    """Unknown job, session or worker, or one of another identity (NOT_FOUND)."""
 
 
 class GridClosedError(GridError):
@@ -62,8 +69,9 @@ class Dispatch:
     """A job leased to a worker."""
 
     job_id: int
-    attempt: int
+    lease: int
     data: bytes
+    confirm_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +79,7 @@ class WorkerResult:
     """A worker's answer for one job."""
 
     job_id: int
-    attempt: int
+    lease: int
     ok: bool
     data: bytes = b""
     error: str = ""
@@ -89,17 +97,22 @@ class WorkerOutput:
 class JobRecord:
     id: int
     session: str
+    owner: str
     key: Key
     payload: bytes | None
+    size: int  # bytes counted by admission: the payload, then the result
     state: JobState = JobState.QUEUED
-    attempts: int = 0
+    lease: int = 0  # lease number (incremented at each dispatch)
+    attempts: int = 0  # runs started (acknowledged by workers)
+    started: bool = False  # the current lease's run was acknowledged
+    suspect: bool = False  # was leased to a lost worker: its next run confirms its start first
     failures: int = 0
-    losses: int = 0
+    losses: int = 0  # runs in progress when their worker was lost
     worker: int | None = None
     data: bytes = b""
     error: str = ""
     rc: int = ResultCode.OK
-    delivered: bool = False
+    completed_at: float = 0.0
 
     def view(self) -> JobView:
         return JobView(self.id, self.state, self.data, self.error, self.attempts, self.rc)
@@ -117,13 +130,13 @@ class Worker:
 
     id: int
     key: Key
+    owner: str
     description: str
     concurrency: int
     window: int
     pid: int
     host: str
     peer: str
-    cond: threading.Condition
     since: float
     last_seen: float
     state: WorkerState = WorkerState.ACTIVE
@@ -132,13 +145,23 @@ class Worker:
     stop_pending: bool = False
     jobs_done: int = 0
     jobs_failed: int = 0
+    heartbeats: int = 0
     reason: str = ""
+    #: Called (under the scheduler's lock) when there is something to send: jobs, or the stop command.
+    wake: Callable[[], None] = _nothing
 
 
 @dataclass(eq=False)
 class Session:
+    """A client session: its completed results wait here until acknowledged."""
+
     id: str
-    cond: threading.Condition
-    outbox: deque[int] = field(default_factory=deque)
-    pending: int = 0  # jobs of this session not delivered yet
+    owner: str
+    last_active: float
+    outbox: deque[int] = field(default_factory=deque)  # completed, not sent on the current stream
+    sent: set[int] = field(default_factory=set)  # sent on the current stream, not acknowledged
+    jobs: set[int] = field(default_factory=set)  # held: not completed, or completed and not acknowledged
+    bytes: int = 0  # payload / result bytes of held jobs
     stream: int = 0  # token of the open results stream (0: none)
+    #: Called (under the scheduler's lock) when results are ready for the open stream, or it must end.
+    wake: Callable[[], None] = _nothing

@@ -1,25 +1,27 @@
-"""Grid scheduler: queues per (service_id, service_version), worker leases, retries, exactly-once delivery.
+"""Grid scheduler: one lock over admission (quotas), delivery (sessions, acks), dispatch (leases) and expiry.
 
-Pure logic under one lock: no I/O, no sleeps. Blocking calls (``next_results``, ``next_for_worker``) wait on
-conditions that submit/complete/disconnect events notify. The only timed wait is the heartbeat reaper.
+Pure logic: no I/O, no sleeps, no waiting. Streams learn that something is ready through the ``wake`` callbacks
+of their worker or session, called under the lock; the host runs ``reap()`` periodically (heartbeats, expiry).
+The state lives in memory; the parts only meet here, so a durable store can later take the place of the
+``jobs`` table and the sessions' records.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from grpc_helper import ResultCode
+from grpc_helper.grid._admission import Admission
+from grpc_helper.grid._delivery import Delivery
+from grpc_helper.grid._dispatch import Dispatcher
+from grpc_helper.grid._status import grid_status
 from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.model import (
     TERMINAL,
-    Dispatch,
     GridClosedError,
-    GridLimitError,
     GridParamError,
     GridUnknownError,
     JobRecord,
@@ -33,46 +35,48 @@ from grpc_helper.grid.model import (
     WorkerState,
 )
 
+COUNTERS = (
+    "submitted",
+    "done",
+    "failed",
+    "cancelled",
+    "retried",
+    "requeued",
+    "returned",
+    "duplicates",
+    "refused",
+    "rejected",
+    "delivered",
+    "expired_results",
+    "expired_sessions",
+    "unknown_reported",
+    "workers_registered",
+    "workers_lost",
+)
+
+UNKNOWN_JOB = "job {} is unknown to the server (it restarted, or the result expired): resubmit"
+
+
+def _first_job_id() -> int:
+    # Ids keep growing across restarts (microseconds since the epoch): a client never mistakes a new job for
+    # one it submitted to the previous server process.
+    return time.time_ns() // 1000
+
 
 class Scheduler:
-    """All grid state. Thread-safe; every public method takes the lock."""
+    """All grid state. Thread-safe; every public method takes the lock and returns at once."""
 
     def __init__(self, limits: GridLimits | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits or GridLimits()
         self._clock = clock
         self._lock = threading.Lock()
-        self._reaper_cond = threading.Condition(self._lock)
-        self._changed = threading.Condition(self._lock)  # notified on worker/job events, for wait_until()
-        self._ids = itertools.count(1)
-        self._worker_ids = itertools.count(1)
-        self._tokens = itertools.count(1)
+        self._next_id = _first_job_id()
         self._jobs: dict[int, JobRecord] = {}
-        self._queues: dict[Key, deque[int]] = {}
-        self._workers: dict[int, Worker] = {}
-        self._by_key: dict[Key, dict[int, Worker]] = {}
-        self._sessions: dict[str, Session] = {}
-        self._retained: OrderedDict[int, int] = OrderedDict()  # delivered job id -> result size
-        self._retained_bytes = 0
-        self._held = 0  # jobs not delivered yet
-        self._held_bytes = 0  # payload + undelivered result bytes
         self._closed = False
-        self._reaper: threading.Thread | None = None
-        self.counters: dict[str, int] = dict.fromkeys(
-            (
-                "submitted",
-                "done",
-                "failed",
-                "cancelled",
-                "retried",
-                "requeued",
-                "duplicates",
-                "rejected",
-                "delivered",
-                "workers_registered",
-                "workers_lost",
-            ),
-            0,
-        )
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._admission = Admission(self.limits)
+        self._delivery = Delivery(self.limits, self._jobs)
+        self._dispatch = Dispatcher(self.limits, self._jobs, self.counters, self._finish)
 
     # ---- life cycle ----
 
@@ -80,15 +84,9 @@ class Scheduler:
     def closed(self) -> bool:
         return self._closed
 
-    def start(self) -> None:
-        """Start the heartbeat reaper thread (stopped by ``close``)."""
-        with self._lock:
-            if self._reaper is None and not self._closed:
-                self._reaper = threading.Thread(target=self._reap, name="grid-reaper", daemon=True)
-                self._reaper.start()
-
     def close(self, reason: str = "grid shut down") -> int:
-        """Fail every job not completed yet, stop workers, end result streams once flushed. Returns jobs failed."""
+        """Fail every job not completed (ERROR_STREAM_SHUTDOWN), stop workers, end result streams once flushed.
+        Returns the number of jobs failed."""
         with self._lock:
             if self._closed:
                 return 0
@@ -96,33 +94,18 @@ class Scheduler:
             failed = 0
             for job in list(self._jobs.values()):
                 if job.state not in TERMINAL:
-                    self._discard_lease(job)
-                    self._finish(job, JobState.FAILED, error=reason, rc=ResultCode.ERROR_STREAM_SHUTDOWN)
+                    self._dispatch.withdraw(job)
+                    self._finish(job, JobState.FAILED, b"", reason, ResultCode.ERROR_STREAM_SHUTDOWN)
                     failed += 1
-            self._queues.clear()
-            for worker in self._workers.values():
+            self._dispatch.queues.clear()
+            for worker in self._dispatch.workers.values():
                 worker.state = WorkerState.STOPPING
                 worker.stop_pending = True
                 worker.outbox.clear()
-                worker.cond.notify_all()
-            for session in self._sessions.values():
-                session.cond.notify_all()
-            self._reaper_cond.notify_all()
-            reaper, self._reaper = self._reaper, None
-        if reaper is not None and reaper is not threading.current_thread():
-            reaper.join(timeout=5)
-        return failed
-
-    def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> bool:
-        """Wait until ``predicate(status())`` holds (re-checked at each worker/job event); False on timeout."""
-        end = time.monotonic() + timeout
-        with self._lock:
-            while not predicate(self._status()):
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
-            return True
+                worker.wake()
+            for session in self._delivery.sessions.values():
+                session.wake()
+            return failed
 
     def pending_jobs(self) -> int:
         with self._lock:
@@ -130,127 +113,105 @@ class Scheduler:
 
     # ---- client role ----
 
-    def submit(self, session_id: str, key: Key, payloads: Sequence[bytes]) -> list[int]:
-        """Queue one job per payload; returns their ids. Raises GridLimitError past the limits."""
-        limits = self.limits
-        if not session_id:
-            raise GridParamError("session is required")
+    def submit(self, session_id: str, owner: str, key: Key, payloads: Sequence[bytes]) -> list[int]:
+        """Queue one job per payload; returns their ids. Raises GridLimitError past a quota."""
         if not key[0]:
             raise GridParamError("service_id is required")
-        if not payloads:
-            raise GridParamError("no payload to submit")
-        if len(payloads) > limits.max_batch:
-            raise GridLimitError(f"batch of {len(payloads)} jobs exceeds max_batch={limits.max_batch}")
-        size = 0
-        for payload in payloads:
-            if len(payload) > limits.max_payload_bytes:
-                raise GridLimitError(
-                    f"payload of {len(payload)} bytes exceeds max_payload_bytes={limits.max_payload_bytes}"
-                )
-            size += len(payload)
+        if len(key[0]) > 256 or len(key[1]) > 256:
+            raise GridParamError("service_id and service_version are at most 256 characters")
+        size = self._admission.check_payloads(payloads)
         with self._lock:
             if self._closed:
                 raise GridClosedError("grid is shut down")
-            if self._held + len(payloads) > limits.max_jobs:
+            session = self._delivery.session(session_id, owner, self._clock(), create=True)
+            try:
+                self._admission.admit(session, len(payloads), size)
+            except Exception:
                 self.counters["rejected"] += len(payloads)
-                raise GridLimitError(
-                    f"grid is full: {self._held} jobs held, {len(payloads)} more exceed max_jobs={limits.max_jobs}"
-                    " (wait for results, then retry)"
-                )
-            if self._held_bytes + size > limits.max_bytes:
-                self.counters["rejected"] += len(payloads)
-                raise GridLimitError(
-                    f"grid is full: {self._held_bytes} bytes held, {size} more exceed max_bytes={limits.max_bytes}"
-                    " (wait for results, then retry)"
-                )
-            session = self._session(session_id)
-            queue = self._queues.setdefault(key, deque())
+                self._delivery.forget_if_idle(session)
+                raise
             ids = []
             for payload in payloads:
-                job = JobRecord(next(self._ids), session_id, key, payload)
+                job = JobRecord(self._next_id, session_id, owner, key, payload, len(payload))
+                self._next_id += 1
                 self._jobs[job.id] = job
-                queue.append(job.id)
+                self._admission.hold(session, job)
+                self._dispatch.enqueue(job)
                 ids.append(job.id)
-            session.pending += len(ids)
-            self._held += len(ids)
-            self._held_bytes += size
             self.counters["submitted"] += len(ids)
-            self._dispatch(key)
-            self._changed.notify_all()
+            self._dispatch.dispatch(key)
             return ids
 
-    def get_result(self, job_id: int, session_id: str = "") -> JobView:
-        """State of a job; a completed result fetched here counts as delivered (the stream won't repeat it)."""
+    def get_result(self, job_id: int, session_id: str, owner: str) -> JobView:
+        """State of a job of the caller's session (its result when completed); not an acknowledgement."""
         with self._lock:
-            job = self._job(job_id, session_id)
-            if job.state in TERMINAL and not job.delivered:
-                session = self._sessions.get(job.session)
-                if session is not None and job.id in session.outbox:
-                    session.outbox.remove(job.id)
-                self._deliver(job)
-                self._changed.notify_all()
-            return job.view()
+            return self._job(job_id, session_id, owner).view()
 
-    def cancel(self, job_id: int, session_id: str = "") -> JobView:
+    def cancel(self, job_id: int, session_id: str, owner: str) -> JobView:
         """Cancel a job not completed yet (a running job's late result is ignored)."""
         with self._lock:
-            job = self._job(job_id, session_id)
-            if job.state == JobState.QUEUED:
-                queue = self._queues.get(job.key)
-                if queue is not None and job.id in queue:
-                    queue.remove(job.id)
-            if job.state in (JobState.QUEUED, JobState.RUNNING):
-                self._discard_lease(job, only_unsent=True)
-                self._finish(job, JobState.CANCELLED, error="cancelled by client", rc=ResultCode.ERROR_CANCELLED)
+            job = self._job(job_id, session_id, owner)
+            if job.state not in TERMINAL:
+                self._dispatch.withdraw(job)
+                self._finish(job, JobState.CANCELLED, b"", "cancelled by client", ResultCode.ERROR_CANCELLED)
             return job.view()
 
-    def open_stream(self, session_id: str) -> int:
-        """Attach a results stream to a session (replacing any previous one); returns its token."""
+    def close_session(self, session_id: str, owner: str) -> int:
+        """The client leaves: cancel its jobs not completed, drop its results. Returns the jobs cancelled."""
+        with self._lock:
+            session = self._delivery.session(session_id, owner, self._clock(), create=False)
+            return self._end_session(session)
+
+    def open_stream(
+        self, session_id: str, owner: str, waiting: Iterable[int], wake: Callable[[], None]
+    ) -> tuple[int, list[JobView]]:
+        """Attach a results stream to a session (replacing any previous one): (token, views of the ``waiting``
+        jobs this server does not know, to report at once as failed with ERROR_ITEM_UNKNOWN)."""
         with self._lock:
             if self._closed:
                 raise GridClosedError("grid is shut down")
-            session = self._session(session_id)
-            session.stream = next(self._tokens)
-            session.cond.notify_all()
-            return session.stream
+            session = self._delivery.session(session_id, owner, self._clock(), create=True)
+            token = self._delivery.open_stream(session)
+            session.wake = wake
+            unknown = [
+                JobView(job_id, JobState.FAILED, error=UNKNOWN_JOB.format(job_id), rc=ResultCode.ERROR_ITEM_UNKNOWN)
+                for job_id in waiting
+                if job_id not in session.jobs and job_id not in self._delivery.retained
+            ]
+            self.counters["unknown_reported"] += len(unknown)
+            return token, unknown
 
     def close_stream(self, session_id: str, token: int) -> None:
         with self._lock:
-            session = self._sessions.get(session_id)
-            if session is not None and session.stream == token:
-                session.stream = 0
-                session.cond.notify_all()
-                self._forget_session(session)
+            session = self._delivery.sessions.get(session_id)
+            if session is not None and self._delivery.close_stream(session, token):
+                session.last_active = self._clock()
+                self._delivery.forget_if_idle(session)
 
-    def next_results(self, session_id: str, token: int, timeout: float | None = None) -> list[JobView] | None:
-        """Block until results are ready for the stream; None when the stream is replaced or closed.
+    def take_results(self, session_id: str, token: int) -> list[JobView] | None:
+        """The next results for the stream ([] if none yet); None once the stream is replaced or closed.
 
         Raises GridClosedError once the grid is shut down and every result has been handed over.
-        Returns [] when ``timeout`` expires.
         """
-        limits = self.limits
         with self._lock:
-            while True:
-                session = self._sessions.get(session_id)
-                if session is None or session.stream != token:
-                    return None
-                if session.outbox:
-                    batch: list[JobView] = []
-                    size = 0
-                    while session.outbox and len(batch) < limits.stream_batch_count:
-                        job = self._jobs[session.outbox[0]]
-                        if batch and size + len(job.data) > limits.stream_batch_bytes:
-                            break
-                        session.outbox.popleft()
-                        size += len(job.data)
-                        batch.append(job.view())
-                        self._deliver(job)
-                    self._changed.notify_all()
-                    return batch
-                if self._closed:
-                    raise GridClosedError("grid is shut down")
-                if not session.cond.wait(timeout) and timeout is not None:
-                    return []
+            session = self._delivery.sessions.get(session_id)
+            if session is None or session.stream != token:
+                return None
+            batch = self._delivery.take(session)
+            if not batch and self._closed:
+                raise GridClosedError("grid is shut down")
+            return [job.view() for job in batch]
+
+    def ack(self, session_id: str, owner: str, job_ids: Iterable[int]) -> int:
+        """Results the client received: released (retained a while for ``get_result``)."""
+        with self._lock:
+            session = self._delivery.session(session_id, owner, self._clock(), create=False)
+            acked = self._delivery.ack(session, job_ids)
+            for job in acked:
+                self._admission.release(session, job)
+            self.counters["delivered"] += len(acked)
+            self._delivery.forget_if_idle(session)
+            return len(acked)
 
     # ---- worker role ----
 
@@ -258,12 +219,14 @@ class Scheduler:
         self,
         key: Key,
         *,
+        owner: str = "",
         description: str = "",
         concurrency: int = 1,
         prefetch: int = 0,
         pid: int = 0,
         host: str = "",
         peer: str = "",
+        wake: Callable[[], None] | None = None,
     ) -> Worker:
         if not key[0]:
             raise GridParamError("service_id is required")
@@ -276,346 +239,155 @@ class Scheduler:
                 raise GridClosedError("grid is shut down")
             now = self._clock()
             worker = Worker(
-                id=next(self._worker_ids),
+                id=self._dispatch.new_worker_id(),
                 key=key,
-                description=description,
+                owner=owner,
+                description=description[:256],
                 concurrency=concurrency,
                 window=concurrency + prefetch,
                 pid=pid,
-                host=host,
+                host=host[:256],
                 peer=peer,
-                cond=threading.Condition(self._lock),
                 since=now,
                 last_seen=now,
             )
-            self._workers[worker.id] = worker
-            self._by_key.setdefault(key, {})[worker.id] = worker
+            if wake is not None:
+                worker.wake = wake
             self.counters["workers_registered"] += 1
-            self._reaper_cond.notify_all()
-            self._changed.notify_all()
-            self._dispatch(key)
+            self._dispatch.add(worker)
             return worker
 
-    def next_for_worker(self, worker: Worker, timeout: float | None = None) -> WorkerOutput | None:
-        """Block until there are jobs or a command for the worker; None when its stream must end."""
-        limits = self.limits
+    def take_for_worker(self, worker: Worker) -> WorkerOutput | None:
+        """What to send the worker now (an empty output: nothing yet); None when its stream must end."""
         with self._lock:
-            while True:
-                if worker.state == WorkerState.GONE:
-                    return None
-                if worker.stop_pending:
-                    worker.stop_pending = False
-                    return WorkerOutput(stop=True)
-                if self._closed:
-                    return None
-                out = WorkerOutput()
-                size = 0
-                while worker.outbox and len(out.jobs) < limits.stream_batch_count:
-                    job = self._jobs.get(worker.outbox[0])
-                    if job is not None and out.jobs and size + len(job.payload or b"") > limits.stream_batch_bytes:
-                        break
-                    worker.outbox.popleft()
-                    if job is None or job.state != JobState.RUNNING or job.worker != worker.id:
-                        continue  # cancelled or re-leased meanwhile
-                    payload = job.payload or b""
-                    size += len(payload)
-                    out.jobs.append(Dispatch(job.id, job.attempts, payload))
-                if out.jobs:
-                    return out
-                if not worker.cond.wait(timeout) and timeout is not None:
-                    return WorkerOutput()
+            out = self._dispatch.take(worker)
+            if out is not None and not out.stop and not out.jobs and self._closed:
+                return None
+            return out
 
-    def worker_results(self, worker: Worker, results: Iterable[WorkerResult]) -> None:
+    def worker_message(
+        self, worker: Worker, results: Iterable[WorkerResult] = (), started: Iterable[int] = ()
+    ) -> None:
+        """Results (first), then starts, then a heartbeat's worth of liveness."""
         with self._lock:
             worker.last_seen = self._clock()
             for result in results:
-                self._complete(worker, result)
-            self._dispatch(worker.key)
-            self._changed.notify_all()
+                self._dispatch.complete(worker, result)
+            self._dispatch.started(worker, started)
+            if not self._closed:
+                self._dispatch.dispatch(worker.key)
 
     def heartbeat(self, worker: Worker) -> None:
         with self._lock:
             worker.last_seen = self._clock()
+            worker.heartbeats += 1
+
+    def set_prefetch(self, worker: Worker, prefetch: int) -> None:
+        with self._lock:
+            worker.last_seen = self._clock()
+            if not self._closed:
+                self._dispatch.set_prefetch(worker, prefetch)
 
     def give_back(self, worker: Worker, job_ids: Iterable[int]) -> None:
-        """Jobs leased to a (draining) worker that it did not start: back to the front of the queue."""
         with self._lock:
             worker.last_seen = self._clock()
-            for job_id in reversed(list(job_ids)):  # appendleft: keep their order at the head of the queue
-                job = self._jobs.get(job_id)
-                worker.leases.discard(job_id)
-                if job is not None and job.state == JobState.RUNNING and job.worker == worker.id:
-                    self._requeue(job, front=True)
-            self._dispatch(worker.key)
-            self._changed.notify_all()
+            if not self._closed:
+                self._dispatch.give_back(worker, job_ids)
 
     def drain(self, worker: Worker) -> None:
-        """The worker leaves soon: send it nothing more; jobs leased but not sent yet go back to the queue."""
         with self._lock:
             worker.last_seen = self._clock()
-            if worker.state == WorkerState.ACTIVE:
-                worker.state = WorkerState.STOPPING
-            self._return_outbox(worker)
-            self._dispatch(worker.key)
-            self._changed.notify_all()
+            self._dispatch.drain(worker)
 
     def stop_worker(self, worker_id: int) -> Worker:
         """Send the stop command to a worker (it drains and leaves)."""
         with self._lock:
-            worker = self._workers.get(worker_id)
-            if worker is None:
-                raise GridUnknownError(f"unknown worker {worker_id}")
-            worker.state = WorkerState.STOPPING
-            worker.stop_pending = True
-            self._return_outbox(worker)
-            worker.cond.notify_all()
-            self._dispatch(worker.key)
-            self._changed.notify_all()
+            worker = self._dispatch.worker(worker_id)
+            self._dispatch.stop(worker)
             return worker
 
     def worker_gone(self, worker: Worker, reason: str = "disconnected", *, lost: bool | None = None) -> None:
-        """The worker's stream ended: its leased jobs go back to the queue and run elsewhere.
+        """The worker's stream ended: jobs it ran are charged a loss and re-queued, the others re-queued.
 
-        ``lost`` (counted in ``workers_lost``) defaults to: the worker left without draining first.
-        """
+        ``lost`` (counted in ``workers_lost``) defaults to: the worker left without draining first."""
         with self._lock:
-            self._worker_gone(worker, reason, lost=lost)
+            self._dispatch.gone(worker, reason, lost=lost)
+
+    # ---- reaper ----
+
+    def reap(self) -> None:
+        """Drop silent workers, expire unacknowledged results and idle sessions (call it periodically)."""
+        with self._lock:
+            now = self._clock()
+            timeout = self.limits.heartbeat_timeout
+            for worker in self._dispatch.expired_workers(now):
+                self._dispatch.gone(worker, f"no heartbeat for {timeout:g}s", lost=True)
+            for job in self._delivery.expired_results(now):
+                session = self._delivery.sessions.get(job.session)
+                if session is not None:
+                    self._admission.release(session, job)
+                    self._delivery.drop(session, job)
+                    self.counters["expired_results"] += 1
+                    self._delivery.forget_if_idle(session)
+            for session in self._delivery.idle_sessions(now):
+                self._end_session(session)
+                self.counters["expired_sessions"] += 1
+
+    @property
+    def reap_period(self) -> float:
+        """How often ``reap()`` should run to honour the heartbeat timeout and the expiry times."""
+        limits = self.limits
+        return max(0.01, min(limits.heartbeat_timeout / 4, limits.result_ttl / 4, limits.session_ttl / 4, 1.0))
 
     # ---- controller role ----
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return self._status()
-
-    def _status(self) -> dict[str, Any]:
-        now = self._clock()
-        running: dict[Key, int] = {}
-        for worker in self._workers.values():
-            running[worker.key] = running.get(worker.key, 0) + len(worker.leases)
-        keys = sorted(set(self._queues) | set(running) | {k for k, ws in self._by_key.items() if ws})
-        return {
-            "workers": [
-                {
-                    "id": w.id,
-                    "description": w.description,
-                    "service_id": w.key[0],
-                    "service_version": w.key[1],
-                    "state": w.state.value,
-                    "concurrency": w.concurrency,
-                    "window": w.window,
-                    "in_flight": len(w.leases),
-                    "jobs_done": w.jobs_done,
-                    "jobs_failed": w.jobs_failed,
-                    "pid": w.pid,
-                    "host": w.host,
-                    "peer": w.peer,
-                    "connected_s": round(now - w.since, 3),
-                    "last_seen_s": round(now - w.last_seen, 3),
-                }
-                for w in self._workers.values()
-            ],
-            "queues": [
-                {
-                    "service_id": k[0],
-                    "service_version": k[1],
-                    "depth": len(self._queues.get(k, ())),
-                    "running": running.get(k, 0),
-                    "workers": len(self._by_key.get(k, {})),
-                }
-                for k in keys
-            ],
-            "counters": dict(self.counters),
-            "held": {"jobs": self._held, "bytes": self._held_bytes, "retained": len(self._retained)},
-            "sessions": len(self._sessions),
-            "closed": self._closed,
-        }
+            return grid_status(self._dispatch, self._delivery, self._admission, self.counters, self._closed, self._clock())
 
     # ---- internals (lock held) ----
 
-    def _session(self, session_id: str) -> Session:
-        session = self._sessions.get(session_id)
-        if session is None:
-            session = self._sessions[session_id] = Session(session_id, threading.Condition(self._lock))
-        return session
-
-    def _forget_session(self, session: Session) -> None:
-        if session.stream == 0 and session.pending == 0 and not session.outbox:
-            self._sessions.pop(session.id, None)
-
-    def _job(self, job_id: int, session_id: str) -> JobRecord:
+    def _job(self, job_id: int, session_id: str, owner: str) -> JobRecord:
+        if not session_id:
+            raise GridParamError("session is required")
         job = self._jobs.get(job_id)
-        if job is None or (session_id and job.session != session_id):
-            raise GridUnknownError(f"unknown job {job_id} (never submitted by this session, or result dropped)")
+        if job is None or job.session != session_id or job.owner != owner:
+            raise GridUnknownError(f"unknown job {job_id} (not submitted by this session, or its result was dropped)")
+        session = self._delivery.sessions.get(session_id)
+        if session is not None:
+            session.last_active = self._clock()
         return job
 
-    def _dispatch(self, key: Key) -> None:
-        """Lease queued jobs of `key` to its active workers, least loaded first, up to each one's window."""
-        queue = self._queues.get(key)
-        if not queue:
-            return
-        workers = [
-            w for w in self._by_key.get(key, {}).values() if w.state == WorkerState.ACTIVE and len(w.leases) < w.window
-        ]
-        while queue and workers:
-            workers.sort(key=lambda w: len(w.leases))
-            share = -(-len(queue) // len(workers))
-            for worker in workers:
-                room = min(worker.window - len(worker.leases), share)
-                if room <= 0 or not queue:
-                    continue
-                was_empty = not worker.outbox
-                for _ in range(min(room, len(queue))):
-                    job = self._jobs[queue.popleft()]
-                    job.state = JobState.RUNNING
-                    job.worker = worker.id
-                    job.attempts += 1
-                    worker.leases.add(job.id)
-                    worker.outbox.append(job.id)
-                if was_empty:
-                    worker.cond.notify_all()
-            workers = [w for w in workers if len(w.leases) < w.window]
-        if not queue:
-            del self._queues[key]
-
-    def _complete(self, worker: Worker, result: WorkerResult) -> None:
-        worker.leases.discard(result.job_id)
-        job = self._jobs.get(result.job_id)
-        if job is None or job.state in TERMINAL:
-            self.counters["duplicates"] += 1  # ran twice, or cancelled: the first outcome stands
-            if result.ok:
-                worker.jobs_done += 1
-            return
-        if result.ok:
-            worker.jobs_done += 1
-            if job.worker is not None and job.worker != worker.id:
-                self._discard_lease(job, only_unsent=False)
-            if len(result.data) > self.limits.max_payload_bytes:
-                self._finish(
-                    job,
-                    JobState.FAILED,
-                    error=f"result of {len(result.data)} bytes exceeds max_payload_bytes="
-                    f"{self.limits.max_payload_bytes}",
-                    rc=ResultCode.ERROR_RESOURCE_EXHAUSTED,
-                )
-            else:
-                self._finish(job, JobState.DONE, data=result.data)
-            return
-        worker.jobs_failed += 1
-        if job.worker != worker.id or job.attempts != result.attempt:
-            return  # a stale attempt failed while another one runs: let that one decide
-        job.failures += 1
-        if job.failures > self.limits.max_retries:
-            self._finish(
-                job, JobState.FAILED, error=f"handler failed {job.failures} times: {result.error}", rc=ResultCode.ERROR_CUSTOM
-            )
-        else:
-            self.counters["retried"] += 1
-            self._requeue(job, front=False)
-
-    def _requeue(self, job: JobRecord, *, front: bool) -> None:
-        job.state = JobState.QUEUED
-        job.worker = None
-        queue = self._queues.setdefault(job.key, deque())
-        if front:
-            queue.appendleft(job.id)
-        else:
-            queue.append(job.id)
-
-    def _discard_lease(self, job: JobRecord, only_unsent: bool = False) -> None:
-        """Drop the job from its worker's outbox; free the lease unless the worker may already run it."""
-        worker = self._workers.get(job.worker) if job.worker is not None else None
-        if worker is None:
-            return
-        if job.id in worker.outbox:
-            worker.outbox.remove(job.id)
-            worker.leases.discard(job.id)
-        elif not only_unsent:
-            worker.leases.discard(job.id)
-
-    def _return_outbox(self, worker: Worker) -> None:
-        for job_id in reversed(worker.outbox):
-            worker.leases.discard(job_id)
+    def _end_session(self, session: Session) -> int:
+        cancelled = 0
+        for job_id in list(session.jobs):
             job = self._jobs.get(job_id)
-            if job is not None and job.state == JobState.RUNNING and job.worker == worker.id:
-                self._requeue(job, front=True)
-        worker.outbox.clear()
-
-    def _worker_gone(self, worker: Worker, reason: str, *, lost: bool | None) -> None:
-        if worker.state == WorkerState.GONE:
-            return
-        if lost is None:
-            lost = worker.state != WorkerState.STOPPING
-        worker.state = WorkerState.GONE
-        worker.reason = reason
-        self._workers.pop(worker.id, None)
-        by_key = self._by_key.get(worker.key)
-        if by_key is not None:
-            by_key.pop(worker.id, None)
-            if not by_key:
-                del self._by_key[worker.key]
-        if lost:
-            self.counters["workers_lost"] += 1
-        for job_id in sorted(worker.leases, reverse=True):
-            job = self._jobs.get(job_id)
-            if job is None or job.state != JobState.RUNNING or job.worker != worker.id:
+            if job is None:
                 continue
-            job.losses += 1
-            self.counters["requeued"] += 1
-            if job.losses > self.limits.max_requeues:
-                self._finish(job, JobState.FAILED, error=f"worker lost {job.losses} times ({reason})", rc=ResultCode.ERROR_RPC)
-            else:
-                self._requeue(job, front=True)
-        worker.leases.clear()
-        worker.outbox.clear()
-        worker.cond.notify_all()
-        self._dispatch(worker.key)
-        self._changed.notify_all()
+            if job.state not in TERMINAL:
+                self._dispatch.withdraw(job)
+                job.state = JobState.CANCELLED
+                job.worker = None
+                self.counters["cancelled"] += 1
+                cancelled += 1
+            self._admission.release(session, job)
+            self._delivery.drop(session, job)
+        session.outbox.clear()
+        session.sent.clear()
+        session.wake()
+        session.stream = 0
+        self._delivery.sessions.pop(session.id, None)
+        return cancelled
 
-    def _finish(self, job: JobRecord, state: JobState, *, data: bytes = b"", error: str = "", rc: int = ResultCode.OK) -> None:
+    def _finish(self, job: JobRecord, state: JobState, data: bytes, error: str, rc: int) -> None:
         job.state = state
         job.worker = None
-        self._held_bytes += len(data) - len(job.payload or b"")
         job.payload = None
         job.data = data
         job.error = error
         job.rc = rc
-        self._changed.notify_all()
         self.counters[{JobState.DONE: "done", JobState.FAILED: "failed"}.get(state, "cancelled")] += 1
-        session = self._session(job.session)
-        session.outbox.append(job.id)
-        if len(session.outbox) == 1:
-            session.cond.notify_all()
-
-    def _deliver(self, job: JobRecord) -> None:
-        job.delivered = True
-        self._held -= 1
-        self._held_bytes -= len(job.data)
-        self.counters["delivered"] += 1
-        session = self._sessions.get(job.session)
+        session = self._delivery.sessions.get(job.session)
         if session is not None:
-            session.pending -= 1
-            self._forget_session(session)
-        self._retained[job.id] = len(job.data)
-        self._retained_bytes += len(job.data)
-        limits = self.limits
-        while self._retained and (
-            len(self._retained) > limits.max_retained or self._retained_bytes > limits.max_retained_bytes
-        ):
-            old_id, old_size = self._retained.popitem(last=False)
-            self._retained_bytes -= old_size
-            self._jobs.pop(old_id, None)
-
-    def _reap(self) -> None:
-        """Drop workers silent for longer than heartbeat_timeout (hung, or gone without closing the socket)."""
-        timeout = self.limits.heartbeat_timeout
-        with self._lock:
-            while not self._closed:
-                now = self._clock()
-                next_check = now + timeout
-                for worker in list(self._workers.values()):
-                    deadline = worker.last_seen + timeout
-                    if deadline <= now:
-                        self._worker_gone(worker, f"no heartbeat for {timeout:g}s", lost=True)
-                    else:
-                        next_check = min(next_check, deadline)
-                self._reaper_cond.wait(max(next_check - now, 0.01))
+            self._admission.resize(session, job, len(data))
+        self._delivery.completed(job, self._clock())

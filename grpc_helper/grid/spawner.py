@@ -16,6 +16,8 @@ _log = logging.getLogger("grpc_helper.grid.spawner")
 
 #: Handler run by spawned workers of a service without an entry in the handlers mapping.
 DEFAULT_HANDLER = "grpc_helper.grid.handlers:echo"
+#: Longest start_worker command accepted (parsed before anything else, in linear time).
+MAX_COMMAND = 1024
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,15 @@ class WorkerSpec:
     @classmethod
     def parse(cls, command: str) -> WorkerSpec:
         """Parse the start_worker string (shell quoting allowed, e.g. a description with spaces in quotes)."""
+        if len(command) > MAX_COMMAND:
+            raise ValueError(f"command of {len(command)} characters exceeds {MAX_COMMAND}")
         try:
             parts = shlex.split(command)
         except ValueError as exc:
-            raise ValueError(f"cannot parse {command!r}: {exc}") from None
+            raise ValueError(f"cannot parse {command[:100]!r}: {exc}") from None
         if len(parts) != 4 or not all(parts):
             raise ValueError(
-                f"expected '<SERVER_ADDRESS> <CLIENT_DESCRIPTION> <SERVICE_ID> <SERVICE_VERSION>', got {command!r}"
+                f"expected '<SERVER_ADDRESS> <CLIENT_DESCRIPTION> <SERVICE_ID> <SERVICE_VERSION>', got {command[:100]!r}"
             )
         return cls(*parts)
 
@@ -51,11 +55,13 @@ class WorkerSpawner:
         default_handler: str = DEFAULT_HANDLER,
         worker_args: Sequence[str] = (),
         python: str = sys.executable,
+        max_running: int = 16,
     ) -> None:
         self.handlers = dict(handlers or {})
         self.default_handler = default_handler
         self.worker_args = tuple(worker_args)
         self.python = python
+        self.max_running = max_running
         self._lock = threading.Lock()
         self._procs: list[tuple[WorkerSpec, str, subprocess.Popen[bytes]]] = []
         self._closed = False
@@ -86,6 +92,9 @@ class WorkerSpawner:
             if self._closed:
                 raise RuntimeError("the grid is shutting down")
             self._prune()
+            running = sum(1 for _, _, proc in self._procs if proc.poll() is None)
+            if running >= self.max_running:
+                raise OverflowError(f"{running} spawned workers are running: max_spawned={self.max_running}")
             # New session: a Ctrl+C in the server's terminal must not reach workers the manager stops itself.
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
             self._procs.append((spec, handler, proc))

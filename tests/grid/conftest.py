@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from grpc_helper import RpcServer
+from grpc_helper import Access, AsyncRpcServer
 from grpc_helper.grid import Grid, GridClient, GridController, GridLimits, descriptors
 
 HERE = Path(__file__).parent
@@ -24,14 +26,53 @@ FAST = GridLimits(heartbeat_interval=0.2, heartbeat_timeout=1.0, shutdown_delay=
 WAIT = 20.0  # upper bound of every wait on a state (normally reached in milliseconds)
 
 
-@dataclass
+def poll(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Re-check ``predicate`` (a state, read through a public API) every 10 ms until it holds or ``timeout``."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class GridServer:
-    server: RpcServer
-    grid: Grid
-    endpoint: str
+    """An ``AsyncRpcServer`` hosting the grid on an event loop of its own thread (the test stays synchronous)."""
+
+    def __init__(self, limits: GridLimits = FAST, *, server_kwargs: dict[str, Any] | None = None, **options: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grid-test-server", daemon=True)
+        self._thread.start()
+        options.setdefault("workers", Access.ANYONE)
+        options.setdefault("worker_args", ["--insecure"])
+        self.descriptors = descriptors(limits=limits, **options)
+        self.grid: Grid = self.descriptors[0].manager.grid
+        kwargs = {"host": "127.0.0.1", "options": limits.server_options(), **(server_kwargs or {})}
+        self.server = AsyncRpcServer(0, self.descriptors, **kwargs)
+        self.call(self.server.start())
+        self.endpoint = f"127.0.0.1:{self.server.port}"
+
+    def call(self, coro: Any, timeout: float = WAIT) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def shutdown(self, grace: float | None = None) -> None:
+        self.call(self.server.shutdown(grace))
+
+    def close_grid(self) -> None:
+        self.call(self.grid.close())
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.shutdown()
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(WAIT)
+            self.loop.close()
+
+    def status(self) -> dict[str, Any]:
+        return self.grid.status()
 
     def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = WAIT) -> None:
-        assert self.grid.scheduler.wait_until(predicate, timeout), self.grid.status()
+        assert poll(lambda: predicate(self.grid.status()), timeout), self.grid.status()
 
     def workers(self, service: str = "", version: str = "") -> list[dict[str, Any]]:
         return [
@@ -42,18 +83,69 @@ class GridServer:
 
 
 @pytest.fixture
-def grid_server_factory(rpc_server_factory: Callable[..., RpcServer]) -> Callable[..., GridServer]:
-    def make(limits: GridLimits = FAST, **options: Any) -> GridServer:
-        descs = descriptors(limits=limits, **options)
-        server = rpc_server_factory(descs)
-        return GridServer(server, descs[0].manager.grid, f"127.0.0.1:{server.port}")
+def grid_server_factory() -> Iterator[Callable[..., GridServer]]:
+    servers: list[GridServer] = []
 
-    return make
+    def make(limits: GridLimits = FAST, **options: Any) -> GridServer:
+        server = GridServer(limits, **options)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in reversed(servers):
+        server.stop()
 
 
 @pytest.fixture
 def grid_server(grid_server_factory: Callable[..., GridServer]) -> GridServer:
     return grid_server_factory()
+
+
+class GridProcess:
+    """``python -m grpc_helper.grid serve --insecure`` in a process of its own: killed and restarted on its port."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", str(self.port), *self.args]
+        self.proc = subprocess.Popen(argv, env=worker_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "grid serving on HOST:PORT (...)"
+        assert line.startswith("grid serving on "), line
+        self.port = int(line.split()[3].rpartition(":")[2])
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(WAIT)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def grid_process() -> Iterator[GridProcess]:
+    server = GridProcess("--heartbeat", "0.2")
+    yield server
+    server.stop()
 
 
 def worker_env() -> dict[str, str]:
@@ -75,7 +167,8 @@ def spawn_worker(grid_server: GridServer) -> Iterator[Callable[..., subprocess.P
         endpoint: str | None = None,
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "grpc_helper.grid", "worker", "--endpoint", endpoint or grid_server.endpoint]
+        argv = [sys.executable, "-m", "grpc_helper.grid", "worker", "--insecure", "--endpoint",
+                endpoint or grid_server.endpoint]
         argv += ["--service", service, "--version", version, *args, handler]
         proc = subprocess.Popen(argv, env={**worker_env(), **(env or {})}, cwd=ROOT, stdout=subprocess.DEVNULL)
         procs.append(proc)

@@ -13,14 +13,19 @@ def grid_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_unknown_handler_is_one_line_error() -> None:
-    result = grid_cli("worker", "--endpoint", "127.0.0.1:1", "--service", "s", "--version", "1", "no_such.module:f")
+    result = grid_cli("worker", "--insecure", "--endpoint", "127.0.0.1:1", "--service", "s", "--version", "1", "no_such.module:f")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: cannot load handler 'no_such.module:f': No module named 'no_such'"
 
 
 def test_submit_without_worker_reports_missing_results(grid_server: GridServer) -> None:
-    result = grid_cli("submit", "--endpoint", grid_server.endpoint, "--service", "nobody", "--version", "1",
-                      "--timeout", "0.5", "hello")
+    result = grid_cli("submit", "--insecure", "--endpoint", grid_server.endpoint, "--service", "nobody",
+                      "--version", "1", "--timeout", "0.5", "hello", "world")
     assert result.returncode == 1
-    assert "no result within 0.5s (is a worker serving nobody/1?)" in result.stdout
+    session, first, second = result.stdout.splitlines()
+    assert session.startswith("session ")
+    assert first.endswith(": no result within 0.5s (cancelled; is a worker serving nobody/1?)")
+    assert second.endswith(": no result within 0.5s (cancelled; is a worker serving nobody/1?)")
     assert "Traceback" not in result.stderr
+    # What the command gave up on is cancelled: nothing of it stays held by the server.
+    grid_server.wait(lambda s: s["counters"]["cancelled"] == 2 and s["held"]["jobs"] == 0 and not s["queues"])

@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import psutil
 import pytest
 
-from grpc_helper import ResultCode, RpcException
+from grpc_helper import ResultCode, RpcException, certs
 from grpc_helper.grid import GridClient, GridController, JobError
 
 from .conftest import FAST, WAIT, GridServer
@@ -28,8 +29,8 @@ def test_start_worker_and_stop_spawned_at_shutdown(grid_server_factory) -> None:
         assert ctl.status()["spawned"][0]["pid"] == started.pid
     proc = psutil.Process(started.pid)
     # The documented order: close the grid (workers get STOP and drain), then stop the server.
-    server.grid.close()
-    server.server.shutdown()
+    server.close_grid()
+    server.shutdown()
     assert not proc.is_running()  # the manager owns the spawned worker: stopped and reaped
     assert [p["returncode"] for p in server.grid.spawner.status()] == [0]
 
@@ -38,7 +39,7 @@ def test_server_shutdown_alone_stops_spawned_workers(grid_server: GridServer, co
     started = controller.start_worker(f"{grid_server.endpoint} spawned echo 1")
     grid_server.wait(lambda s: len(s["workers"]) == 1)
     proc = psutil.Process(started.pid)
-    grid_server.server.shutdown()
+    grid_server.shutdown()
     assert not proc.is_running()
     # begin_shutdown told the worker to stop while its stream was open: it drained and exited cleanly.
     assert [p["returncode"] for p in grid_server.grid.spawner.status()] == [0]
@@ -64,25 +65,30 @@ def test_shutdown_delivers_response_and_fails_pending_jobs(grid_server_factory, 
     assert worker.wait(WAIT) == 0  # told to stop: drained and left cleanly
 
 
-def test_cli_shutdown_of_standalone_server() -> None:
+def test_cli_shutdown_of_standalone_server(tmp_path: Path) -> None:
+    """`grid serve` speaks mTLS by default; the shutdown command needs an admin certificate."""
+    certs.init(tmp_path, clients=["alice"], admins=["root"])
     serve = subprocess.Popen(
-        [sys.executable, "-m", "grpc_helper.grid", "serve", "--port", "0"],
+        [sys.executable, "-m", "grpc_helper.grid", "serve", "--port", "0", "--tls-dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
         assert serve.stdout is not None
-        endpoint = serve.stdout.readline().split()[-1]
-        out = subprocess.run(
-            [sys.executable, "-m", "grpc_helper.grid", "shutdown", "--endpoint", endpoint],
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-        )
-        assert out.returncode == 0 and "shutting down in 0.5s" in out.stdout
+        line = serve.stdout.readline()
+        assert "(mTLS, admins: root)" in line
+        endpoint = line.split()[3]
+        plain = grid_cli("status", "--insecure", "--timeout", "2", "--endpoint", endpoint)
+        assert plain.returncode == 2 and plain.stderr.startswith("error: ")
+        out = grid_cli("shutdown", "--endpoint", endpoint, "--tls-dir", str(tmp_path), "--name", "root")
+        assert out.returncode == 0 and "shutting down in 0.5s" in out.stdout, out.stderr
         assert serve.wait(WAIT) == 0
     finally:
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+def grid_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "grpc_helper.grid", *args], capture_output=True, text=True, timeout=WAIT)

@@ -75,10 +75,12 @@ def test_status_json(grid_server: GridServer, spawn_worker, grid_client: GridCli
     assert status["counters"]["submitted"] == 6 and status["counters"]["done"] == 5
     assert status["limits"]["max_jobs"] == GridLimits().max_jobs
     out = subprocess.run(
-        [*_cli(), "status", "--json", "--endpoint", grid_server.endpoint], capture_output=True, check=True, text=True
+        [*_cli(), "status", "--insecure", "--json", "--endpoint", grid_server.endpoint], capture_output=True, check=True, text=True
     )
     assert json.loads(out.stdout)["counters"]["submitted"] == 6
-    out = subprocess.run([*_cli(), "status", "--endpoint", grid_server.endpoint], capture_output=True, check=True, text=True)
+    out = subprocess.run(
+        [*_cli(), "status", "--insecure", "--endpoint", grid_server.endpoint], capture_output=True, check=True, text=True
+    )
     assert "w-echo echo/1 active" in out.stdout and "nobody/7: depth=1" in out.stdout
 
 
