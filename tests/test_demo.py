@@ -18,5 +18,5 @@ def test_demo_runs_end_to_end() -> None:
     for service in ("info", "jobs", "grid_client", "grid_worker", "grid_controller"):
         assert f"\n{service} " in out
     assert "line 3" in out and "EXITED code=0" in out
-    assert "5: epsilon" in out and "submitted=5 done=5" in out
+    assert ": epsilon" in out and "submitted=5 done=5" in out  # grid job ids grow across restarts: not 1..5
     assert out.rstrip().endswith("demo finished")

@@ -140,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not tls.TlsFiles(directory, SPAWNED_WORKER).cert.exists():
             try:
                 tls.init(directory, clients=[SPAWNED_WORKER])  # needs the CA key: else spawned workers can't connect
-            except (OSError, ValueError) as exc:
+            except Exception as exc:
                 logging.getLogger("grpc_helper.grid").warning("no certificate for spawned workers: %s", exc)
         if tls.TlsFiles(directory, SPAWNED_WORKER).cert.exists():
             client_credentials = tls.channel_credentials(directory, SPAWNED_WORKER, ca=args.ca)

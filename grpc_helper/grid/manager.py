@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 import grpc_helper.grid as grid_pkg
 from grpc_helper import Access, AsyncRpcManager, ResultCode, RpcException, RpcServiceDescriptor
+from grpc_helper.grid._bridge import in_event_loop, sync_method
 from grpc_helper.grid._errors import grid_errors
 from grpc_helper.grid._identity import caller
 from grpc_helper.grid._wire import job_result, result_batch, server_message, worker_results
@@ -34,20 +35,32 @@ _MAX_WAITING = 1_000_000
 
 
 class _GridManager(AsyncRpcManager):
+    """Base of the grid's servicers: asyncio managers, whose hooks also run from a sync server (``_bridge``)."""
+
     def __init__(self, grid: Grid) -> None:
         super().__init__()
         self.grid = grid
         self.scheduler = grid.scheduler
 
-    async def load(self) -> None:
-        await self.grid.start()
+    def load(self) -> Awaitable[None] | None:  # type: ignore[override]
+        if in_event_loop():
+            return self.grid.start()
+        self.grid.bridge().run(self.grid.start())
+        return None
 
-    async def begin_shutdown(self) -> None:
+    def begin_shutdown(self) -> Awaitable[Any] | None:  # type: ignore[override]
         # Workers get STOP and clients their pending jobs' failures while their streams are still open.
-        await self.grid.close()
+        if in_event_loop():
+            return self.grid.close()
+        self.grid.bridge().run(self.grid.close())
+        return None
 
-    async def shutdown(self) -> None:
-        await self.grid.close()
+    def shutdown(self) -> Awaitable[Any] | None:  # type: ignore[override]
+        if in_event_loop():
+            return self.grid.close()
+        self.grid.bridge().run(self.grid.close())
+        self.grid.stop_bridge()
+        return None
 
 
 class GridClientManager(pb_grpc.GridClientServiceServicer, _GridManager):
@@ -253,7 +266,7 @@ def descriptors(
             "grid_client",
             version,
             GridClientManager(grid),
-            pb_grpc.add_GridClientServiceServicer_to_server,
+            _register(pb_grpc.GridClientServiceServicer, pb_grpc.add_GridClientServiceServicer_to_server, _CLIENT),
             pb_grpc.GridClientServiceStub,
             access=Access.ANYONE,  # sessions belong to their caller's identity (checked by the scheduler)
         ),
@@ -262,7 +275,7 @@ def descriptors(
             "grid_worker",
             version,
             GridWorkerManager(grid),
-            pb_grpc.add_GridWorkerServiceServicer_to_server,
+            _register(pb_grpc.GridWorkerServiceServicer, pb_grpc.add_GridWorkerServiceServicer_to_server, _WORKER),
             pb_grpc.GridWorkerServiceStub,
             access=workers,
         ),
@@ -271,8 +284,35 @@ def descriptors(
             "grid_controller",
             version,
             GridControllerManager(grid),
-            pb_grpc.add_GridControllerServiceServicer_to_server,
+            _register(
+                pb_grpc.GridControllerServiceServicer, pb_grpc.add_GridControllerServiceServicer_to_server, _CONTROLLER
+            ),
             pb_grpc.GridControllerServiceStub,
             access={"status": Access.AUTHENTICATED, "*": Access.ADMIN},
         ),
     ]
+
+
+#: Method shapes of each service, for the sync wrappers.
+_CLIENT = {"submit": "unary", "results": "stream", "ack": "unary", "get_result": "unary", "cancel": "unary",
+           "close_session": "unary"}
+_WORKER = {"work": "bidi"}
+_CONTROLLER = {"status": "unary", "stop_worker": "unary", "start_worker": "unary", "shutdown_server": "unary"}
+
+
+def _register(
+    servicer_class: type, add: Callable[[Any, Any], None], shapes: dict[str, str]
+) -> Callable[[_GridManager, Any], None]:
+    """Register the asyncio servicer on an asyncio server, thread-side wrappers of it on a sync server."""
+
+    def register(manager: _GridManager, server: Any) -> None:
+        if not isinstance(server, grpc.Server):
+            add(manager, server)
+            return
+        wrapper = servicer_class()
+        for name, shape in shapes.items():
+            setattr(wrapper, name, sync_method(manager.grid.bridge, getattr(manager, name), shape))
+        add(wrapper, server)
+
+    register.__name__ = add.__name__
+    return register

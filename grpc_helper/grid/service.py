@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from grpc_helper.grid._bridge import LoopThread
 from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.scheduler import Scheduler
 from grpc_helper.grid.spawner import DEFAULT_HANDLER, WorkerSpawner
@@ -57,6 +58,21 @@ class Grid:
         self._shutdown_task: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None
         self._closed = threading.Event()
+        self._bridge: LoopThread | None = None
+        self._bridge_lock = threading.Lock()
+
+    def bridge(self) -> LoopThread:
+        """The event loop thread running the grid when a sync ``RpcServer`` hosts it (made on first use)."""
+        with self._bridge_lock:
+            if self._bridge is None:
+                self._bridge = LoopThread()
+            return self._bridge
+
+    def stop_bridge(self) -> None:
+        with self._bridge_lock:
+            bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            bridge.stop()
 
     async def start(self) -> None:
         """Start the reaper on the running loop (idempotent)."""

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from grpc_helper import Access, AsyncRpcServer
+from grpc_helper import Access, AsyncRpcServer, certs
 from grpc_helper.grid import Grid, GridClient, GridController, GridLimits, descriptors
 
 HERE = Path(__file__).parent
@@ -36,21 +37,54 @@ def poll(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
     return True
 
 
-class GridServer:
-    """An ``AsyncRpcServer`` hosting the grid on an event loop of its own thread (the test stays synchronous)."""
+#: Identities of the test TLS directory: "root" is the grid's admin.
+ADMIN, ALICE, BOB, WORKER = "root", "alice", "bob", "worker"
 
-    def __init__(self, limits: GridLimits = FAST, *, server_kwargs: dict[str, Any] | None = None, **options: Any) -> None:
+
+def tls_options(tls_dir: Path | None, name: str) -> list[str]:
+    """CLI options to speak as ``name`` (plaintext without a TLS directory)."""
+    return ["--insecure"] if tls_dir is None else ["--tls-dir", str(tls_dir), "--name", name]
+
+
+class GridServer:
+    """An ``AsyncRpcServer`` hosting the grid on an event loop of its own thread (the test stays synchronous),
+    over mTLS with the test TLS directory (plaintext when ``tls_dir`` is None)."""
+
+    def __init__(
+        self, limits: GridLimits = FAST, *, tls_dir: Path | None, server_kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> None:
+        self.tls_dir = tls_dir
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grid-test-server", daemon=True)
         self._thread.start()
-        options.setdefault("workers", Access.ANYONE)
-        options.setdefault("worker_args", ["--insecure"])
+        if tls_dir is None:
+            options.setdefault("workers", Access.ANYONE)
+        options.setdefault("worker_args", tls_options(tls_dir, "grid-worker"))
         self.descriptors = descriptors(limits=limits, **options)
         self.grid: Grid = self.descriptors[0].manager.grid
-        kwargs = {"host": "127.0.0.1", "options": limits.server_options(), **(server_kwargs or {})}
-        self.server = AsyncRpcServer(0, self.descriptors, **kwargs)
+        kwargs: dict[str, Any] = {"host": "127.0.0.1", "options": limits.server_options()}
+        if tls_dir is not None:
+            kwargs.update(credentials=certs.server_credentials(tls_dir), admins={ADMIN})
+        self.server = AsyncRpcServer(0, self.descriptors, **{**kwargs, **(server_kwargs or {})})
         self.call(self.server.start())
         self.endpoint = f"127.0.0.1:{self.server.port}"
+
+    def credentials(self, name: str = ALICE) -> grpc.ChannelCredentials | None:
+        return None if self.tls_dir is None else certs.channel_credentials(self.tls_dir, name)
+
+    def client(self, name: str = ALICE, **kwargs: Any) -> GridClient:
+        kwargs.setdefault("timeout", 10)
+        return GridClient(self.endpoint, credentials=self.credentials(name), **kwargs)
+
+    def controller(self, name: str = ADMIN) -> GridController:
+        return GridController(self.endpoint, credentials=self.credentials(name), timeout=10)
+
+    def cli(self, *args: str, name: str = ADMIN) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m grpc_helper.grid COMMAND --endpoint <this server> [TLS options of name] ARGS...``."""
+        command, *rest = args
+        argv = [sys.executable, "-m", "grpc_helper.grid", command, "--endpoint", self.endpoint,
+                *tls_options(self.tls_dir, name), *rest]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=worker_env(), cwd=ROOT)
 
     def call(self, coro: Any, timeout: float = WAIT) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -82,12 +116,20 @@ class GridServer:
         ]
 
 
+@pytest.fixture(scope="session")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TLS directory with the identities of the grid tests (``root`` is an admin of the test servers)."""
+    directory = tmp_path_factory.mktemp("grid-tls") / "tls"
+    certs.init(directory, clients=[ALICE, BOB, WORKER, "grid-worker"], admins=[ADMIN])
+    return directory
+
+
 @pytest.fixture
-def grid_server_factory() -> Iterator[Callable[..., GridServer]]:
+def grid_server_factory(tls_dir: Path) -> Iterator[Callable[..., GridServer]]:
     servers: list[GridServer] = []
 
-    def make(limits: GridLimits = FAST, **options: Any) -> GridServer:
-        server = GridServer(limits, **options)
+    def make(limits: GridLimits = FAST, *, tls: bool = True, **options: Any) -> GridServer:
+        server = GridServer(limits, tls_dir=tls_dir if tls else None, **options)
         servers.append(server)
         return server
 
@@ -103,6 +145,8 @@ def grid_server(grid_server_factory: Callable[..., GridServer]) -> GridServer:
 
 class GridProcess:
     """``python -m grpc_helper.grid serve --insecure`` in a process of its own: killed and restarted on its port."""
+
+    tls_dir: Path | None = None
 
     def __init__(self, *args: str) -> None:
         self.args = args
@@ -164,11 +208,13 @@ def spawn_worker(grid_server: GridServer) -> Iterator[Callable[..., subprocess.P
         service: str = "echo",
         version: str = "1",
         *args: str,
-        endpoint: str | None = None,
+        server: GridServer | GridProcess | None = None,
+        name: str = WORKER,
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "grpc_helper.grid", "worker", "--insecure", "--endpoint",
-                endpoint or grid_server.endpoint]
+        server = server or grid_server
+        argv = [sys.executable, "-m", "grpc_helper.grid", "worker", "--endpoint", server.endpoint,
+                *tls_options(server.tls_dir, name)]
         argv += ["--service", service, "--version", version, *args, handler]
         proc = subprocess.Popen(argv, env={**worker_env(), **(env or {})}, cwd=ROOT, stdout=subprocess.DEVNULL)
         procs.append(proc)
@@ -183,13 +229,13 @@ def spawn_worker(grid_server: GridServer) -> Iterator[Callable[..., subprocess.P
 
 @pytest.fixture
 def grid_client(grid_server: GridServer) -> Iterator[GridClient]:
-    with GridClient(grid_server.endpoint, timeout=10) as client:
+    with grid_server.client() as client:
         yield client
 
 
 @pytest.fixture
 def controller(grid_server: GridServer) -> Iterator[GridController]:
-    with GridController(grid_server.endpoint, timeout=10) as ctl:
+    with grid_server.controller() as ctl:
         yield ctl
 
 

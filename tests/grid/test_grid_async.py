@@ -15,7 +15,7 @@ from .conftest import WAIT, GridServer
 async def test_async_client(grid_server: GridServer, spawn_worker) -> None:
     spawn_worker("grid_handlers:upper", "up", "1", "--concurrency", "2")
     spawn_worker("grid_handlers:fail", "bad", "1")
-    async with AsyncGridClient(grid_server.endpoint) as client:
+    async with AsyncGridClient(grid_server.endpoint, credentials=grid_server.credentials(), timeout=WAIT) as client:
         assert await client.map("up", "1", [b"a", b"b", b"c"], timeout=WAIT) == [b"A", b"B", b"C"]
         handle = await client.submit("up", 1, b"one")
         assert await handle.result(WAIT) == b"ONE"

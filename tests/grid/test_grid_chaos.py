@@ -24,7 +24,7 @@ WORKERS = 3
 def test_chaos_worker_and_server_kills(grid_process: GridProcess, spawn_worker) -> None:
     rng = random.Random(4)
     endpoint = grid_process.endpoint
-    workers = [spawn_worker("grid_handlers:tick", "chaos", "1", endpoint=endpoint) for _ in range(WORKERS)]
+    workers = [spawn_worker("grid_handlers:tick", "chaos", "1", server=grid_process) for _ in range(WORKERS)]
     payloads = [b"job-%05d" % i for i in range(JOBS)]
     done: queue.Queue[tuple[int, Future[bytes]]] = queue.Queue()
     results: dict[int, bytes] = {}
@@ -71,7 +71,7 @@ def test_chaos_worker_and_server_kills(grid_process: GridProcess, spawn_worker) 
                     victim.send_signal(signal.SIGKILL)
                     victim.wait(WAIT)
                     worker_kills += 1
-                    workers.append(spawn_worker("grid_handlers:tick", "chaos", "1", endpoint=endpoint))
+                    workers.append(spawn_worker("grid_handlers:tick", "chaos", "1", server=grid_process))
     assert [results[i] for i in range(JOBS)] == payloads
     assert server_kills == 2 and worker_kills >= 10
     assert resubmitted > 0  # the killed servers had jobs in flight

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .conftest import GridServer
+from grpc_helper._cli.exits import ExitCode
+
+from .conftest import ALICE, GridServer
 
 
 def grid_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -19,9 +21,9 @@ def test_unknown_handler_is_one_line_error() -> None:
 
 
 def test_submit_without_worker_reports_missing_results(grid_server: GridServer) -> None:
-    result = grid_cli("submit", "--insecure", "--endpoint", grid_server.endpoint, "--service", "nobody",
-                      "--version", "1", "--timeout", "0.5", "hello", "world")
-    assert result.returncode == 1
+    result = grid_server.cli("submit", "--service", "nobody", "--version", "1", "--timeout", "0.5", "hello", "world",
+                             name=ALICE)
+    assert result.returncode == ExitCode.TASK_FAILED
     session, first, second = result.stdout.splitlines()
     assert session.startswith("session ")
     assert first.endswith(": no result within 0.5s (cancelled; is a worker serving nobody/1?)")

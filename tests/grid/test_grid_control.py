@@ -11,14 +11,14 @@ import psutil
 import pytest
 
 from grpc_helper import ResultCode, RpcException, certs
-from grpc_helper.grid import GridClient, GridController, JobError
+from grpc_helper.grid import GridController, JobError
 
 from .conftest import FAST, WAIT, GridServer
 
 
 def test_start_worker_and_stop_spawned_at_shutdown(grid_server_factory) -> None:
     server: GridServer = grid_server_factory(FAST, handlers={"upper": "grid_handlers:upper"})
-    with GridController(server.endpoint, timeout=10) as ctl, GridClient(server.endpoint) as client:
+    with server.controller() as ctl, server.client() as client:
         with pytest.raises(RpcException) as info:
             ctl.start_worker("only two")
         assert info.value.rc == ResultCode.ERROR_PARAM_INVALID
@@ -48,8 +48,8 @@ def test_server_shutdown_alone_stops_spawned_workers(grid_server: GridServer, co
 def test_shutdown_delivers_response_and_fails_pending_jobs(grid_server_factory, spawn_worker) -> None:
     stopped = threading.Event()
     server: GridServer = grid_server_factory(FAST, on_shutdown=stopped.set)
-    worker = spawn_worker(endpoint=server.endpoint)
-    with GridController(server.endpoint, timeout=10) as ctl, GridClient(server.endpoint) as client:
+    worker = spawn_worker(server=server)
+    with server.controller() as ctl, server.client() as client:
         assert client.submit("echo", "1", b"done").result(WAIT) == b"done"
         waiting = client.submit("echo", "99", b"nobody serves version 99")
         response = ctl.shutdown(delay=0.2)
@@ -80,7 +80,7 @@ def test_cli_shutdown_of_standalone_server(tmp_path: Path) -> None:
         assert "(mTLS, admins: root)" in line
         endpoint = line.split()[3]
         plain = grid_cli("status", "--insecure", "--timeout", "2", "--endpoint", endpoint)
-        assert plain.returncode == 2 and plain.stderr.startswith("error: ")
+        assert plain.returncode != 0 and plain.stderr.startswith("error: ")
         out = grid_cli("shutdown", "--endpoint", endpoint, "--tls-dir", str(tmp_path), "--name", "root")
         assert out.returncode == 0 and "shutting down in 0.5s" in out.stdout, out.stderr
         assert serve.wait(WAIT) == 0

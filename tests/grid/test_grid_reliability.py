@@ -41,8 +41,8 @@ def test_hung_worker_dropped_on_missed_heartbeats(grid_server: GridServer, spawn
 
 def test_handler_error_reaches_client_after_retries(grid_server_factory, spawn_worker) -> None:
     server = grid_server_factory(GridLimits(max_retries=2, heartbeat_interval=0.2, heartbeat_timeout=1.0))
-    spawn_worker("grid_handlers:fail", endpoint=server.endpoint)
-    with GridClient(server.endpoint) as client:
+    spawn_worker("grid_handlers:fail", server=server)
+    with server.client() as client:
         handle = client.submit("echo", "1", b"bad")
         with pytest.raises(JobError) as info:
             handle.result(WAIT)

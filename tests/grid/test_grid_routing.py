@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import subprocess
 
 import pytest
 
@@ -43,7 +42,7 @@ def test_routing_by_service_and_version(grid_server: GridServer, spawn_worker, g
 
 def test_results_go_to_their_client_only(grid_server: GridServer, spawn_worker) -> None:
     spawn_worker(service="echo", version="1")
-    with GridClient(grid_server.endpoint) as alice, GridClient(grid_server.endpoint) as bob:
+    with grid_server.client() as alice, grid_server.client("bob") as bob:
         a = alice.submit_batch("echo", "1", [b"a%d" % i for i in range(50)])
         b = bob.submit_batch("echo", "1", [b"b%d" % i for i in range(50)])
         assert [h.result(WAIT) for h in a] == [b"a%d" % i for i in range(50)]
@@ -74,19 +73,15 @@ def test_status_json(grid_server: GridServer, spawn_worker, grid_client: GridCli
     assert queues[("echo", "1")]["workers"] == 1
     assert status["counters"]["submitted"] == 6 and status["counters"]["done"] == 5
     assert status["limits"]["max_jobs"] == GridLimits().max_jobs
-    out = subprocess.run(
-        [*_cli(), "status", "--insecure", "--json", "--endpoint", grid_server.endpoint], capture_output=True, check=True, text=True
-    )
+    out = grid_server.cli("status", "--json")
     assert json.loads(out.stdout)["counters"]["submitted"] == 6
-    out = subprocess.run(
-        [*_cli(), "status", "--insecure", "--endpoint", grid_server.endpoint], capture_output=True, check=True, text=True
-    )
+    out = grid_server.cli("status")
     assert "w-echo echo/1 active" in out.stdout and "nobody/7: depth=1" in out.stdout
 
 
 def test_limits_and_back_pressure(grid_server_factory) -> None:
     server = grid_server_factory(GridLimits(max_jobs=10, max_payload_bytes=64, max_batch=8))
-    with GridClient(server.endpoint, max_batch=8) as client:
+    with server.client(max_batch=8) as client:
         with pytest.raises(RpcException) as info:
             client.submit("echo", "1", b"x" * 65)
         assert info.value.rc == ResultCode.ERROR_RESOURCE_EXHAUSTED and "max_payload_bytes=64" in info.value.message
@@ -100,9 +95,3 @@ def test_limits_and_back_pressure(grid_server_factory) -> None:
         server.wait(lambda s: s["held"]["jobs"] == 5)
         assert len(client.submit_batch("echo", "1", [b"y"] * 5)) == 5
     assert server.grid.status()["counters"]["rejected"] == 1
-
-
-def _cli() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "grpc_helper.grid"]
