@@ -231,6 +231,11 @@ class Dispatcher:
         worker.wake()
         self.dispatch(worker.key)
 
+    def started_count(self, worker: Worker) -> int:
+        """Jobs of the worker's window that it reported started."""
+        jobs = self._jobs
+        return sum(1 for i in worker.leases if (job := jobs.get(i)) is not None and job.started and job.worker == worker.id)
+
     def expired_workers(self, now: float) -> list[Worker]:
         timeout = self.limits.heartbeat_timeout
         return [w for w in self.workers.values() if now - w.last_seen >= timeout]

@@ -29,6 +29,7 @@ def grid_status(
                 "concurrency": w.concurrency,
                 "window": w.window,
                 "in_flight": len(w.leases),
+                "running": dispatch.started_count(w),
                 "jobs_done": w.jobs_done,
                 "jobs_failed": w.jobs_failed,
                 "heartbeats": w.heartbeats,

@@ -16,7 +16,7 @@ from .conftest import FAST, WAIT, GridServer
 def test_worker_killed_mid_job_completes_elsewhere(grid_server: GridServer, spawn_worker, grid_client: GridClient) -> None:
     doomed = spawn_worker("grid_handlers:hang")
     handle = grid_client.submit("echo", "1", b"survivor")
-    grid_server.wait(lambda s: [w["in_flight"] for w in s["workers"]] == [1])
+    grid_server.wait(lambda s: [w["running"] for w in s["workers"]] == [1])
     doomed.send_signal(signal.SIGKILL)
     grid_server.wait(lambda s: not s["workers"] and s["counters"]["requeued"] == 1)
     spawn_worker("grid_handlers:echo")
