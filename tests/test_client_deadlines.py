@@ -14,7 +14,7 @@ import sample_pb2_grpc  # type: ignore[import-not-found]
 from sample_service import Request, SampleManager, sample_descriptor, stubs
 from test_core_client import free_port
 
-from grpc_helper import AsyncRpcClient, ResultCode, RpcClient, RpcException
+from grpc_helper import AsyncRpcClient, BuiltinServices, ResultCode, RpcClient, RpcException
 from grpc_helper._client.retry import CallPlan, RetryPolicy
 from grpc_helper.api import info_pb2, info_pb2_grpc
 
@@ -86,7 +86,7 @@ def test_typed_stub_is_the_attribute_service(rpc_server_factory: Any) -> None:
         with pytest.raises(ValueError, match="not among this client's stubs"):
             client.stub(info_pb2_grpc.InfoServiceStub)
         info = client.stub(info_pb2_grpc.InfoServiceStub, info_pb2.INFO_API_CURRENT)
-        assert [i.name for i in info.get(info_pb2.InfoFilter()).items] == ["info", "sample"]
+        assert [i.name for i in info.get(info_pb2.InfoFilter()).items] == ["info", "sample", *BuiltinServices.STUBS]
 
 
 def test_typed_stub_async(rpc_server_factory: Any) -> None:
@@ -98,7 +98,7 @@ def test_typed_stub_async(rpc_server_factory: Any) -> None:
             assert (await typed.echo(Request(text="typed"))).text == "typed"
             assert [r.index async for r in typed.count(Request(count=3))] == [0, 1, 2]
             info = client.stub(info_pb2_grpc.InfoServiceStub, info_pb2.INFO_API_CURRENT)
-            assert len((await info.get(info_pb2.InfoFilter())).items) == 2
+            assert len((await info.get(info_pb2.InfoFilter())).items) == 2 + len(BuiltinServices.STUBS)
 
     asyncio.run(main())
 
