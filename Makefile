@@ -41,3 +41,4 @@ bench: venv
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/generated
 	find . -name '*_pb2*.py*' -not -path './.venv/*' -delete
+	find grpc_helper -name '*.proto' -delete

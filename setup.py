@@ -45,6 +45,12 @@ def generate_protos() -> None:
             raise RuntimeError("protoc failed on " + ", ".join(sources))
     finally:
         os.chdir(cwd)
+    # Ship each .proto beside its generated modules (package data): other languages and downstream protos
+    # `import "grpc_helper/api/common.proto"` from the installed package.
+    for source in sources:
+        target = ROOT / source
+        if not target.exists() or target.read_bytes() != (PROTOS / source).read_bytes():
+            shutil.copyfile(PROTOS / source, target)
 
 
 def build_job_exec_helper() -> None:

@@ -17,13 +17,13 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from grpc_helper._admission import CallGate
 from grpc_helper._builtin import BuiltinServices, resolve
 from grpc_helper._debug import CallRegistry, Usr2Dumper, dump
 from grpc_helper._identity import IdentityResolver
 from grpc_helper._limits import CallLimits, QuotaTable, SendWatchdog
+from grpc_helper._reflection import enable_reflection
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.config import CoreConfig
 from grpc_helper.descriptor import MethodInfo, RpcServiceDescriptor
@@ -180,7 +180,7 @@ class ServerCore:
         for d in self.descriptors:
             d.register_method(d.manager, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection([*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        enable_reflection([*self.service_names, health.SERVICE_NAME], server)  # v1 and v1alpha
 
     @property
     def health_names(self) -> list[str]:

@@ -1,0 +1,102 @@
+"""Packaging: dependency floors agree with the generated code, declared dependencies match imports, the .proto
+files ship in the package, console script and pytest plugin are declared. (tools/check_floors.sh installs the
+floors in a fresh virtualenv and imports everything.)"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import importlib.metadata
+import re
+import sys
+from pathlib import Path
+
+import grpc_helper
+
+ROOT = Path(__file__).parents[1]
+PACKAGE = Path(grpc_helper.__file__).parent
+
+
+def _cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return cfg
+
+
+def _requirements(text: str) -> dict[str, str]:
+    """``{normalized name: floor}`` of a requirements block."""
+    found = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*([A-Za-z0-9_.-]+)\s*(?:>=\s*([0-9][0-9.]*))?", line)
+        if m and m.group(1):
+            found[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2) or ""
+    return found
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("."))
+
+
+def test_floors_are_what_the_generated_code_requires() -> None:
+    floors = _requirements(_cfg()["options"]["install_requires"])
+    grpc_versions = set()
+    protobuf_versions = set()
+    for module in PACKAGE.rglob("*_pb2_grpc.py"):
+        grpc_versions.add(re.search(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", module.read_text()).group(1))  # type: ignore[union-attr]
+    for module in PACKAGE.rglob("*_pb2.py"):
+        protobuf_versions.add(re.search(r"# Protobuf Python Version: ([0-9.]+)", module.read_text()).group(1))  # type: ignore[union-attr]
+    assert len(grpc_versions) == 1 and len(protobuf_versions) == 1  # one generator for every module
+    assert floors["grpcio"] == grpc_versions.pop()
+    assert floors["protobuf"] == protobuf_versions.pop()
+    # The generator is pinned where the code is generated (build and dev environments).
+    pinned = re.search(r'"grpcio-tools==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pinned and f"grpcio-tools=={pinned.group(1)}" in _cfg()["options.extras_require"]["dev"]
+    assert _version(floors["grpcio"]) >= _version(pinned.group(1))
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0] if node.module.split(".")[0] != "google" else ".".join(node.module.split(".")[:2]))
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("grpc_helper", "__future__")}
+
+
+def _distribution(module: str) -> str:
+    top = module.split(".")[0]
+    if top == "google":  # a namespace shared by several distributions
+        return {"google.protobuf": "protobuf", "google.rpc": "googleapis-common-protos"}[module]
+    dists = importlib.metadata.packages_distributions()[top]
+    return re.sub(r"[-_.]+", "-", dists[0]).lower()
+
+
+def test_declared_dependencies_match_imports() -> None:
+    cfg = _cfg()
+    declared = set(_requirements(cfg["options"]["install_requires"]))
+    testing = set(_requirements(cfg["options.extras_require"]["testing"]))
+    used: set[str] = set()
+    used_by_plugin: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        dists = {_distribution(m) for m in _third_party_imports(path)}
+        (used_by_plugin if path.name == "testing.py" else used).update(dists)
+    assert used == declared, f"imported but not declared: {used - declared}; declared but not imported: {declared - used}"
+    assert used_by_plugin - declared <= testing and "pytest-asyncio" in testing
+
+
+def test_protos_ship_beside_their_modules() -> None:
+    sources = sorted(p.relative_to(ROOT / "protos") for p in (ROOT / "protos").rglob("*.proto"))
+    assert sources
+    for source in sources:
+        shipped = PACKAGE.parent / source
+        assert shipped.read_bytes() == (ROOT / "protos" / source).read_bytes(), source
+    assert "**/*.proto" in _cfg()["options.package_data"]["grpc_helper"]
+
+
+def test_console_script_and_plugin_declared() -> None:
+    entry_points = _cfg()["options.entry_points"]
+    assert "grpc-helper = grpc_helper._cli.commands:main" in entry_points["console_scripts"]
+    assert "grpc_helper = grpc_helper.testing" in entry_points["pytest11"]
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    assert any(ep.name == "grpc-helper" for ep in scripts)
