@@ -4,9 +4,10 @@
  *
  * The server starts it (subprocess.Popen: vfork + exec in C, new session) with the job's environment.
  * FLAGS is a string of letters:
- *   p  own PID namespace: this process (H) stays outside and relays the job's end; its child (I) is pid 1
- *      of the namespace and reaps orphans; I's child (J) becomes the job. Without p, H becomes the job.
- *   v  own view of processes: a fresh /proc, mounted by I in a new mount namespace (needs p)
+ *   p  own PID namespace: this process (H) stays outside, waits for the job and ends the same way; its first
+ *      child (I) is pid 1 of the namespace and reaps orphans; its second child (J, pid 2) becomes the job.
+ *      When J ends, H kills I, so the kernel kills the rest of the namespace. Without p, H becomes the job.
+ *   v  own view of processes: a fresh /proc, mounted by J in a new mount namespace (needs p)
  *   n  own network namespace: only the loopback interface, up
  *   t  private /tmp: a tmpfs in a new mount namespace
  *   u  change user: drop the supplementary groups, setresgid(GID), setresuid(UID)
@@ -26,6 +27,7 @@
 #include <linux/prctl.h>
 #include <linux/sched.h>
 #include <linux/sockios.h>
+#include <linux/wait.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -205,9 +207,13 @@ static __attribute__((noreturn)) void exec_job(char **argv, char **envp) {
     fail("exec", denied ? -EACCES : last, file);
 }
 
-/* The job itself: cgroups (privileged), user, no_new_privs, cwd (as the job's user), exec. */
-static __attribute__((noreturn)) void become_job(int ncg, char **cgroups, int change_user, long uid, long gid,
+static unsigned long saved_mask; /* H's signal mask before it blocked everything */
+
+/* The job itself: own /proc (view), cgroups (privileged), user, no_new_privs, cwd (as the job's user), exec. */
+static __attribute__((noreturn)) void become_job(int view, int ncg, char **cgroups, int change_user, long uid, long gid,
                                                  const char *cwd, char **argv, char **envp) {
+    S4(SYS_rt_sigprocmask, SIG_SETMASK, &saved_mask, 0, 8);
+    if (view) check(S5(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0), "sandbox", "mount /proc");
     join_cgroups(ncg, cgroups);
     if (change_user) check(drop_user(uid, gid), "user", "cannot change user");
     check(S5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "user", "no_new_privs");
@@ -242,6 +248,31 @@ static long fork_(long flags) {
     return S5(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
 }
 
+/* I: pid 1 of the job's PID namespace, reaping the job's orphans until H kills it (from outside, only
+ * SIGKILL reaches it). It runs as the job's user: nothing privileged is left in the job's reach. */
+static __attribute__((noreturn)) void be_init(int change_user, long uid, long gid) {
+    if (change_user) drop_user(uid, gid);
+    unsigned long chld = 1UL << (SIGCHLD - 1); /* blocked, like every signal: waited for, not handled */
+    for (;;) {
+        int status;
+        while (S4(SYS_wait4, -1, &status, WNOHANG | __WALL, 0) > 0) {
+        }
+        S4(SYS_rt_sigtimedwait, &chld, 0, 0, 8);
+    }
+}
+
+/* Tell the server I's pid ("pid:N\n"): it waits for I's end, which comes after the rest of the namespace's,
+ * even when H was killed first. */
+static void report_pid(long pid) {
+    char line[32] = "pid:";
+    int n = 4, d = 0;
+    char digits[24];
+    for (long v = pid; v || !d; v /= 10) digits[d++] = (char)('0' + v % 10);
+    while (d) line[n++] = digits[--d];
+    line[n++] = '\n';
+    S3(SYS_write, err_fd, line, n);
+}
+
 static int run(int argc, char **argv, char **envp) {
     if (argc < 9) return 127;
     err_fd = (int)number(argv[1]);
@@ -263,57 +294,34 @@ static int run(int argc, char **argv, char **envp) {
         check(S5(SYS_mount, 0, "/", 0, MS_REC | MS_PRIVATE, 0), "sandbox", "private mounts");
         if (tmp) check(S5(SYS_mount, "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"), "sandbox", "tmpfs on /tmp");
     }
-    if (!pidns) become_job(ncg, cgroups, change_user, uid, gid, cwd, job, envp);
+    if (!pidns) become_job(0, ncg, cgroups, change_user, uid, gid, cwd, job, envp);
 
-    /* H blocks every signal before forking (the children restore the mask): a signal sent to the process
-     * group must reach the job and not end H, which only waits and relays the job's end. */
-    unsigned long all = ~0UL, old = 0;
-    S4(SYS_rt_sigprocmask, SIG_BLOCK, &all, &old, 8);
-    int status_pipe[2];
-    check(S2(SYS_pipe2, status_pipe, O_CLOEXEC), "sandbox", "pipe");
-    long init = fork_(0);
+    /* H blocks every signal (the job gets the original mask back): a signal sent to the process group must
+     * reach the job and not end H, which only waits and relays the job's end. */
+    unsigned long all = ~0UL;
+    S4(SYS_rt_sigprocmask, SIG_BLOCK, &all, &saved_mask, 8);
+    /* I, the namespace's init, shares H's descriptor table: when H closes the error pipe and the job's
+     * output, I holds none of them. */
+    long init = fork_(CLONE_FILES);
     check(init, "sandbox", "fork");
-    if (init == 0) {
-        /* I: pid 1 of the namespace. From outside only SIGKILL reaches it; when it exits, the kernel
-         * kills whatever is left in the namespace. */
-        S1(SYS_close, status_pipe[0]);
-        S4(SYS_rt_sigprocmask, SIG_SETMASK, &old, 0, 8);
-        if (view) check(S5(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, 0), "sandbox", "mount /proc");
-        long job_pid = fork_(CLONE_VFORK); /* I resumes once the job exec'd (or failed) */
-        check(job_pid, "sandbox", "fork");
-        if (job_pid == 0) {
-            S1(SYS_close, status_pipe[1]);
-            become_job(ncg, cgroups, change_user, uid, gid, cwd, job, envp);
-        }
-        S1(SYS_close, err_fd);
-        if (change_user) drop_user(uid, gid); /* nothing privileged left in the job's reach (best effort) */
-        int status = 0;
-        for (;;) {
-            long got = S4(SYS_wait4, -1, &status, 0, 0);
-            if (got == job_pid) break;
-            if (got < 0 && got != -EINTR) quit(127);
-        }
-        S3(SYS_write, status_pipe[1], &status, sizeof status);
-        quit(0);
+    if (init == 0) be_init(change_user, uid, gid);
+    report_pid(init);
+    long job_pid = fork_(CLONE_VFORK); /* H resumes once the job exec'd (or failed) */
+    if (job_pid == 0) become_job(view, ncg, cgroups, change_user, uid, gid, cwd, job, envp);
+    if (job_pid < 0) {
+        S2(SYS_kill, init, SIGKILL);
+        fail("sandbox", job_pid, "fork");
     }
-    S1(SYS_close, status_pipe[1]);
-    /* Tell the server I's pid: it waits for I's end (after the kernel killed the rest of the namespace)
-     * even when H was killed first. */
-    char line[32] = "pid:";
-    int n = 4, d = 0;
-    char digits[24];
-    for (long v = init; v || !d; v /= 10) digits[d++] = (char)('0' + v % 10);
-    while (d) line[n++] = digits[--d];
-    line[n++] = '\n';
-    S3(SYS_write, err_fd, line, n);
-    S1(SYS_close, err_fd);
+    for (int fd = 0; fd <= 2; fd++) S1(SYS_close, fd);
+    S1(SYS_close, err_fd); /* the server sees EOF: the job was exec'd */
     int status = 0, init_status = 0;
-    long got;
-    do got = S3(SYS_read, status_pipe[0], &status, sizeof status);
-    while (got == -EINTR);
+    while (S4(SYS_wait4, job_pid, &status, 0, 0) == -EINTR) {
+    }
+    /* The job's main process ended: I's end makes the kernel kill and reap the rest of the namespace. */
+    S2(SYS_kill, init, SIGKILL);
     while (S4(SYS_wait4, init, &init_status, 0, 0) == -EINTR) {
     }
-    exit_like(got == (long)sizeof status ? status : init_status);
+    exit_like(status);
 }
 
 #ifdef NOLIBC

@@ -257,10 +257,22 @@ def _helper_args(spec: LaunchSpec) -> list[str]:
     except SandboxError as e:
         raise StartError(e.stage, e.errno, e.message) from None
     flags = isolation.flags() + ("u" if user.switch else "")
-    return [
-        helper, flags, str(user.uid), str(user.gid), spec.cwd, str(len(spec.cgroup_procs)), *spec.cgroup_procs,
-        "--", *spec.argv,
-    ]
+    joins = [_join_file(p) for p in spec.cgroup_procs]
+    return [helper, flags, str(user.uid), str(user.gid), spec.cwd, str(len(joins)), *joins, "--", *spec.argv]
+
+
+def _join_file(procs: str) -> str:
+    """The file the (single-threaded) job process writes "0" to, to join a cgroup.
+
+    On cgroup v1, the ``tasks`` file: moving only the calling thread skips the kernel's global threadgroup
+    lock, whose write side waits for an RCU grace period (measured 8 ms median on a loaded host, against
+    0.07 ms); for a single-threaded process it moves the whole process. On v2, ``cgroup.procs``.
+    """
+    if procs.endswith("/cgroup.procs"):
+        tasks = procs[: -len("cgroup.procs")] + "tasks"
+        if os.path.exists(tasks):
+            return tasks
+    return procs
 
 
 def _read_report(fd: int) -> bytes:

@@ -234,7 +234,7 @@ def test_pid_namespace_shows_only_the_jobs_processes(tmp_path: Path):
         """
     rc, out, err = _py(tmp_path, code)
     assert rc == 0, err
-    assert out.split(" ", 2) == ["2", "1", "[1, 2, 3]\n"]  # init, the job, its child
+    assert out.split(" ", 2) == ["2", "0", "[1, 2, 3]\n"]  # init, the job (its parent is outside), its child
 
 
 def test_default_isolation_follows_what_the_host_offers():
@@ -290,6 +290,7 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
 def test_failed_starts_leak_no_descriptor_or_process(tmp_path: Path):
     bad = [
         LaunchSpec(["no-such-binary"], dict(ENV), "/"),
@@ -342,3 +343,40 @@ def test_helper_is_built_from_its_source():
     path = Path(_exec.helper())
     assert path.exists() and os.access(path, os.X_OK)
     assert path.stat().st_mtime >= _exec.SOURCE.stat().st_mtime
+
+
+def test_run_past_1024_descriptors_and_failed_runs_leak_nothing(jobs_env):
+    """Over the service: at 2,000 open descriptors Run works; failed Runs leave no descriptor or cgroup."""
+    import resource
+
+    from grpc_helper.jobs.api import jobs_pb2
+
+    from .jobs_helpers import run, wait_done
+
+    jobs = jobs_env().jobs("alice")
+    assert wait_done(jobs, run(jobs, "true").job_id).exit_code == 0  # warm: helper built, host probed
+    bases = sorted(set(CGROUPS.bases.values()))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2100:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 2100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100), hard))
+    opened = [os.open("/dev/null", os.O_RDONLY) for _ in range(2000)]
+    try:
+        fds_before = _fds()
+        failed_ids = []
+        for _ in range(5):
+            failed = run(jobs, "true", cwd="/no/such/dir")
+            assert failed.state == jobs_pb2.JOB_FAILED_TO_START and failed.error.startswith("cwd:")
+            missing = run(jobs, "no-such-binary-here")
+            assert missing.state == jobs_pb2.JOB_FAILED_TO_START and "no-such-binary-here" in missing.error
+            failed_ids += [failed.job_id, missing.job_id]
+        # Failed Runs are synchronous: nothing they opened may remain (the warm job's last descriptors may
+        # still be closing: fewer is fine).
+        assert _fds() <= fds_before
+        assert not [b / job_id for b in bases for job_id in failed_ids if (b / job_id).exists()]
+        ok = run(jobs, "sh", "-c", "echo fine")
+        assert wait_done(jobs, ok.job_id).exit_code == 0
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
