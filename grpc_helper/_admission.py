@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpc_helper._access import Access
-from grpc_helper._identity import Identity, IdentityResolver
+from grpc_helper._debug import CallRegistry
+from grpc_helper._identity import Identity, IdentityResolver, reset_current, set_current
 from grpc_helper._limits import QuotaTable
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.errors import RpcException, bounded
@@ -91,15 +92,60 @@ def safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[
     return deserialize
 
 
-def check_decoded(request: Any) -> None:
-    """Raise the ``RpcException`` of an undecodable request."""
-    if type(request) is Undecodable:
-        raise request.error
-
-
 def checked_requests(requests: Iterator[Any]) -> Iterator[Any]:
     """A sync request stream that raises INVALID_ARGUMENT at the first undecodable message."""
     for request in requests:
         if type(request) is Undecodable:
             raise request.error
         yield request
+
+
+class CallScope:
+    """Everything a wrapped method does around its manager, for both interceptors: ``enter`` records the call,
+    admits it through the gate and makes its identity current; ``leave`` undoes all of it; ``decoded`` checks
+    the request (or wraps the request stream with ``stream_checker``)."""
+
+    __slots__ = ("_calls", "_gate", "_rule", "_stream_checker", "_streaming", "method", "name")
+
+    def __init__(
+        self,
+        method: str,
+        rule: Access,
+        calls: CallRegistry,
+        gate: CallGate,
+        *,
+        request_streaming: bool,
+        response_streaming: bool,
+        stream_checker: Callable[[Any], Any],
+    ) -> None:
+        self.method = method
+        self.name = method.rpartition("/")[2] or method
+        self._rule = rule
+        self._calls = calls
+        self._gate = gate
+        self._streaming = request_streaming or response_streaming
+        self._stream_checker = stream_checker if request_streaming else None
+
+    def enter(self, context: Any) -> tuple[int, Admission, Any]:
+        """Admit the call or raise ``RpcException`` (the caller aborts with it: nothing is held then)."""
+        key = self._calls.begin(self.method, context)
+        try:
+            admission = self._gate.admit(self.name, self._rule, self._streaming, context)
+        except BaseException:
+            self._calls.end(key)
+            raise
+        return key, admission, set_current(admission.identity)
+
+    def leave(self, ticket: tuple[int, Admission, Any]) -> None:
+        key, admission, token = ticket
+        self._gate.release(admission)
+        reset_current(token)
+        self._calls.end(key)
+
+    def decoded(self, request: Any) -> Any:
+        """The request for the manager: checked, or its stream wrapped so undecodable messages raise."""
+        if self._stream_checker is not None:
+            return self._stream_checker(request)
+        if type(request) is Undecodable:
+            raise request.error
+        return request

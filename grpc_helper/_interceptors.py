@@ -17,9 +17,8 @@ from typing import Any
 import grpc
 
 from grpc_helper._access import Access
-from grpc_helper._admission import Admission, CallGate, check_decoded, checked_requests, safe_deserializer
+from grpc_helper._admission import CallGate, CallScope, checked_requests, safe_deserializer
 from grpc_helper._debug import CallRegistry
-from grpc_helper._identity import reset_current, set_current
 from grpc_helper._limits import SendWatchdog
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.descriptor import Handler, MethodInfo, ServerInterceptor
@@ -128,9 +127,13 @@ class InterceptorCore(abc.ABC):
         self._watchdog = watchdog
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    def _rule(self, method: str) -> Access:
+    def _scope(self, method: str, handler: Handler, stream_checker: Callable[[Any], Any]) -> CallScope:
         info = self._methods.get(method)
-        return info.access if info is not None else Access.ANYONE
+        rule = info.access if info is not None else Access.ANYONE
+        return CallScope(
+            method, rule, self._calls, self._gate, request_streaming=handler.request_streaming,
+            response_streaming=handler.response_streaming, stream_checker=stream_checker,
+        )
 
     def handler_for(
         self, handler: Handler | None, details: grpc.HandlerCallDetails
@@ -171,36 +174,21 @@ class RpcServerInterceptor(InterceptorCore, ServerInterceptor):
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         call = adapt_arity(behavior_of(handler))
-        calls, gate, watchdog, rule = self._calls, self._gate, self._watchdog, self._rule(method)
-        streaming = handler.request_streaming or handler.response_streaming
-        request_streaming = handler.request_streaming
-        name = method.rpartition("/")[2] or method
+        scope, watchdog = self._scope(method, handler, checked_requests), self._watchdog
 
-        def admit(context: grpc.ServicerContext) -> Admission:
+        def enter(context: grpc.ServicerContext) -> Any:
             try:
-                return gate.admit(name, rule, streaming, context)
+                return scope.enter(context)
             except RpcException as exc:
                 context.abort_with_status(to_status(exc))
                 raise  # not reached: abort raises
 
-        def decoded(request: Any) -> Any:
-            if request_streaming:
-                return checked_requests(request)
-            check_decoded(request)
-            return request
-
         if handler.response_streaming:
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                key = calls.begin(method, context)
+                ticket = enter(context)
                 try:
-                    admission = admit(context)
-                except BaseException:
-                    calls.end(key)
-                    raise
-                token = set_current(admission.identity)
-                try:
-                    for item in call(decoded(request), context):
+                    for item in call(scope.decoded(request), context):
                         watchdog.sending(context, context.cancel)
                         yield item
                         watchdog.sent(context)
@@ -208,31 +196,20 @@ class RpcServerInterceptor(InterceptorCore, ServerInterceptor):
                     _abort(context, method, exc)
                 finally:
                     watchdog.sent(context)
-                    gate.release(admission)
-                    reset_current(token)
-                    calls.end(key)
+                    scope.leave(ticket)
 
             return rebuild_handler(handler, stream, safe=True)
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            key = calls.begin(method, context)
+            ticket = enter(context)
             try:
-                admission = admit(context)
-            except BaseException:
-                calls.end(key)
-                raise
-            token = set_current(admission.identity)
-            try:
-                return call(decoded(request), context)
+                return call(scope.decoded(request), context)
             except Exception as exc:
                 _abort(context, method, exc)
             finally:
-                gate.release(admission)
-                reset_current(token)
-                calls.end(key)
+                scope.leave(ticket)
 
         return rebuild_handler(handler, unary, safe=True)
-
 
 
 def _refuse(error: RpcException) -> Callable[[Any, grpc.ServicerContext], Any]:

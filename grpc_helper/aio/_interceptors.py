@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from grpc_helper._admission import Undecodable, check_decoded
-from grpc_helper._identity import reset_current, set_current
+from grpc_helper._admission import Undecodable
 from grpc_helper._interceptors import InterceptorCore, adapt_arity, behavior_of, rebuild_handler, unexpected_error
 from grpc_helper.descriptor import Handler
 from grpc_helper.errors import RpcException, to_status
@@ -60,16 +59,14 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
     def _wrap(self, method: str, handler: Handler) -> Handler:
         behavior = behavior_of(handler)
         call = adapt_arity(behavior)
-        calls, gate, watchdog, rule = self._calls, self._gate, self._watchdog, self._rule(method)
-        streaming = handler.request_streaming or handler.response_streaming
-        request_streaming = handler.request_streaming
-        name = method.rpartition("/")[2] or method
+        scope, watchdog = self._scope(method, handler, _checked_requests), self._watchdog
 
-        def decoded(request: Any) -> Any:
-            if request_streaming:
-                return _checked_requests(request)
-            check_decoded(request)
-            return request
+        async def enter(context: Context) -> Any:
+            try:
+                return scope.enter(context)
+            except RpcException as exc:
+                await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+                raise  # not reached: abort raises
 
         is_coroutine = inspect.iscoroutinefunction(behavior)
         # A coroutine streams through context.write() (grpc.aio's other style): it is awaited, not iterated.
@@ -77,14 +74,7 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
             items = call if inspect.isasyncgenfunction(behavior) else _async_items(call)
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
-                key = calls.begin(method, context)
-                try:
-                    admission = gate.admit(name, rule, streaming, context)
-                except RpcException as exc:
-                    calls.end(key)
-                    await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
-                    raise  # not reached: abort raises
-                token = set_current(admission.identity)
+                ticket = await enter(context)
                 task = asyncio.current_task()
                 loop = asyncio.get_running_loop()
 
@@ -93,7 +83,7 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
                         loop.call_soon_threadsafe(task.cancel)
 
                 try:
-                    async for item in items(decoded(request), context):
+                    async for item in items(scope.decoded(request), context):
                         watchdog.sending(context, cut)
                         yield item
                         watchdog.sent(context)
@@ -103,36 +93,24 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
                     await _abort(context, method, exc)
                 finally:
                     watchdog.sent(context)
-                    gate.release(admission)
-                    reset_current(token)
-                    calls.end(key)
+                    scope.leave(ticket)
 
             return rebuild_handler(handler, stream, safe=True)
 
         result = call if is_coroutine else _async_result(call)
 
         async def unary(request: Any, context: Context) -> Any:
-            key = calls.begin(method, context)
+            ticket = await enter(context)
             try:
-                admission = gate.admit(name, rule, streaming, context)
-            except RpcException as exc:
-                calls.end(key)
-                await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
-                raise  # not reached: abort raises
-            token = set_current(admission.identity)
-            try:
-                return await result(decoded(request), context)
+                return await result(scope.decoded(request), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
                 await _abort(context, method, exc)
             finally:
-                gate.release(admission)
-                reset_current(token)
-                calls.end(key)
+                scope.leave(ticket)
 
         return rebuild_handler(handler, unary, safe=True)
-
 
 
 async def _checked_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
