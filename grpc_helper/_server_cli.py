@@ -114,6 +114,7 @@ class RpcCliParser:
             max_workers=config[CoreConfig.WORKERS],
             dump_folder=config[CoreConfig.DUMP_FOLDER],
             admins=admins,
+            limits=CoreConfig.limits(config),
             services=services,
         )
 

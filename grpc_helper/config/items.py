@@ -17,7 +17,8 @@ class Kind(Generic[T]):
     """How an item's text value is checked and converted: ``parse(text)`` returns the value or raises
     ``ValueError`` saying why the text is refused.
 
-    Built-in kinds: ``Kind.STRING``, ``Kind.INT``, ``Kind.POSITIVE_INT``, ``Kind.FLOAT``, ``Kind.BOOL``,
+    Built-in kinds: ``Kind.STRING``, ``Kind.INT``, ``Kind.POSITIVE_INT``, ``Kind.FLOAT`` (finite),
+    ``Kind.POSITIVE_FLOAT``, ``Kind.SECONDS`` (a duration: 0 or more), ``Kind.BOOL``,
     ``Kind.enum("fast", "safe")``; a custom one: ``Kind("port", parse_port)``.
     """
 
@@ -25,6 +26,8 @@ class Kind(Generic[T]):
     INT: ClassVar[Kind[int]]
     POSITIVE_INT: ClassVar[Kind[int]]
     FLOAT: ClassVar[Kind[float]]
+    POSITIVE_FLOAT: ClassVar[Kind[float]]
+    SECONDS: ClassVar[Kind[float]]
     BOOL: ClassVar[Kind[bool]]
 
     def __init__(self, name: str, parse: Callable[[str], T], choices: tuple[str, ...] = ()) -> None:
@@ -73,6 +76,20 @@ def _float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise ValueError("expected a number above 0")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise ValueError("expected a number of seconds (0 or more)")
+    return value
+
+
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -94,6 +111,8 @@ Kind.STRING = Kind("string", _str)
 Kind.INT = Kind("int", _int)
 Kind.POSITIVE_INT = Kind("positive int", _positive_int)
 Kind.FLOAT = Kind("float", _float)
+Kind.POSITIVE_FLOAT = Kind("positive float", _positive_float)
+Kind.SECONDS = Kind("seconds", _seconds)
 Kind.BOOL = Kind("bool", _bool)
 
 

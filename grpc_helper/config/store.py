@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from grpc_helper._limits import CallLimits
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.config.items import ConfigItem, Kind, items_of
 from grpc_helper.errors import RpcException
@@ -46,12 +47,35 @@ class CoreConfig:
     """Settings of grpc-helper itself, present in every ``Config`` (static: fixed at start)."""
 
     WORKERS = ConfigItem("rpc-workers", "Threads serving calls in an RpcServer (each open stream holds one)", "64", Kind.POSITIVE_INT)
-    SHUTDOWN_GRACE = ConfigItem("rpc-shutdown-grace", "Seconds in-flight calls get when the server stops", "5", Kind.FLOAT)
-    CLIENT_TIMEOUT = ConfigItem("rpc-client-timeout", "Seconds clients keep retrying an unreachable server", "60", Kind.FLOAT)
+    SHUTDOWN_GRACE = ConfigItem("rpc-shutdown-grace", "Seconds in-flight calls get when the server stops", "5", Kind.SECONDS)
+    CLIENT_TIMEOUT = ConfigItem("rpc-client-timeout", "Seconds clients keep retrying an unreachable server", "60", Kind.POSITIVE_FLOAT)
+    MAX_CALLS = ConfigItem(
+        "rpc-max-calls", "Calls one caller may have in flight (empty: half the workers, 256 on asyncio)", "", Kind.POSITIVE_INT,
+        can_be_empty=True,
+    )
+    MAX_STREAMS = ConfigItem(
+        "rpc-max-streams", "Streams one caller may have open (empty: a quarter of the workers, 128 on asyncio)", "",
+        Kind.POSITIVE_INT, can_be_empty=True,
+    )
+    SEND_TIMEOUT = ConfigItem(
+        "rpc-send-timeout", "Seconds a stream may wait for its reader before it is cut", "30", Kind.POSITIVE_FLOAT
+    )
     DUMP_FOLDER = ConfigItem("rpc-dump-folder", "Folder of the debug dumps (SIGUSR2)", "/tmp", Kind.STRING)
     LOG_FILES = ConfigItem("rpc-log-files", "Write each service's log to logs/<service>.log in the workspace", "false", Kind.BOOL)
     EVENTS_WINDOW = ConfigItem("rpc-events-window", "Events retained for listeners that resume", "10000", Kind.POSITIVE_INT)
-    EVENTS_KEEPALIVE = ConfigItem("rpc-events-keepalive", "Seconds of silence before a listener gets a keepalive", "10", Kind.FLOAT)
+    EVENTS_KEEPALIVE = ConfigItem(
+        "rpc-events-keepalive", "Seconds of silence before a listener gets a keepalive", "10", Kind.POSITIVE_FLOAT
+    )
+
+    @staticmethod
+    def limits(config: Config, async_server: bool = False) -> CallLimits:
+        """The per-caller quotas these items describe (empty items: the server's defaults)."""
+        default = CallLimits() if async_server else CallLimits.for_threads(config[CoreConfig.WORKERS])
+        return CallLimits(
+            max_calls=config[CoreConfig.MAX_CALLS] or default.max_calls,
+            max_streams=config[CoreConfig.MAX_STREAMS] or default.max_streams,
+            send_timeout=config[CoreConfig.SEND_TIMEOUT],
+        )
 
 
 def _file_layer(folder: Path | None, origin: str) -> dict[str, str]:

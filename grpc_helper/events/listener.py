@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -14,10 +16,22 @@ from grpc_helper.api.events_pb2 import Event, EventFilter, ListenItem
 from grpc_helper.errors import RpcException
 
 #: Failures after which a listener that was receiving listens again from its resume point (transport errors,
-#: server shutdown, a stream cut because its reader was slow).
+#: server shutdown, a stream cut by the server because its reader was slow).
 RESUMABLE = frozenset(
-    {ResultCode.ERROR_RPC, ResultCode.ERROR_STREAM_SHUTDOWN, ResultCode.ERROR_DEADLINE, ResultCode.ERROR_RESOURCE_EXHAUSTED}
+    {
+        ResultCode.ERROR_RPC,
+        ResultCode.ERROR_STREAM_SHUTDOWN,
+        ResultCode.ERROR_DEADLINE,
+        ResultCode.ERROR_CANCELLED,
+        ResultCode.ERROR_RESOURCE_EXHAUSTED,
+    }
 )
+
+
+#: Seconds a resuming listener keeps trying while its stream quota is full, and its back-off bounds.
+RESUME_PATIENCE = 30.0
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 1.0
 
 
 class ResumeState:
@@ -29,6 +43,8 @@ class ResumeState:
         self.stream = stream
         #: Every matching event up to this sequence was received.
         self.after = after
+        self._patience_end: float | None = None
+        self._backoff = FIRST_BACKOFF
 
     def request(self) -> EventFilter:
         return EventFilter(names=self.names, stream=self.stream, after=self.after)
@@ -45,11 +61,25 @@ class ResumeState:
         self.stream, self.after = event.stream, event.sequence
         return event
 
-    @staticmethod
-    def resumable(error: RpcException, received: bool) -> bool:
-        """Listen again after ``error``? Only when the stream broke after it started (the client already
-        retried a server that stays unreachable for its whole retry budget)."""
-        return received and error.rc in RESUMABLE
+    def retry_delay(self, error: RpcException, received: bool) -> float | None:
+        """Seconds to wait before listening again after ``error``, or None to raise it.
+
+        A stream that broke after it started is resumed at once (the client itself retries a server that is
+        unreachable, for its whole retry budget). A resume refused by the caller's stream quota is retried with
+        a back-off for ``RESUME_PATIENCE`` seconds: the server may not have released the broken stream yet."""
+        if received:
+            self._patience_end = None
+            self._backoff = FIRST_BACKOFF
+            return 0.0 if error.rc in RESUMABLE else None
+        if error.rc != ResultCode.ERROR_RESOURCE_EXHAUSTED or not self.stream:
+            return None
+        now = time.monotonic()
+        if self._patience_end is None:
+            self._patience_end = now + RESUME_PATIENCE
+        if now >= self._patience_end:
+            return None
+        delay, self._backoff = self._backoff, min(MAX_BACKOFF, self._backoff * 2)
+        return min(delay, self._patience_end - now)
 
 
 class EventListener:
@@ -97,8 +127,10 @@ class EventListener:
                     yield self.state.receive(item)
                 return
             except RpcException as error:
-                if not self.state.resumable(error, received):
+                delay = self.state.retry_delay(error, received)
+                if delay is None:
                     raise
+                time.sleep(delay)
 
     def __iter__(self) -> Iterator[Event]:
         for event in self.items():
@@ -138,8 +170,10 @@ class AsyncEventListener:
                     yield self.state.receive(item)
                 return
             except RpcException as error:
-                if not self.state.resumable(error, received):
+                delay = self.state.retry_delay(error, received)
+                if delay is None:
                     raise
+                await asyncio.sleep(delay)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         async for event in self.items():

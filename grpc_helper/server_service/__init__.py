@@ -1,4 +1,4 @@
-"""The server service: remote shutdown (administrators only). See doc/server-service.md."""
+"""The server service: remote shutdown (administrators only). See doc/services.md."""
 
 from grpc_helper.server_service.manager import MAX_DELAY, ServerManager
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from grpc_helper import BuiltinServices, RpcClient, certs
+from grpc_helper import BuiltinServices, ResultCode, RpcClient, RpcException, certs
 from grpc_helper.api.config_pb2 import ConfigFilter
 from grpc_helper.api.server_pb2 import ShutdownRequest
+from grpc_helper.events import EventListener
 from services.conftest import ADMIN
 
 PROGRAM = Path(__file__).parent / "sample_program.py"
@@ -66,7 +67,7 @@ def test_serves_layered_config_over_mtls_until_shutdown(tmp_path: Path, tls: Pat
     port_file = tmp_path / "port"
     process = program(
         *folders(tmp_path), "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--tls-dir", str(tls),
-        "-c", "sample-count=5", "-c", "rpc-shutdown-grace=1", env={"SAMPLE_COUNT": "9"},
+        "-c", "sample-count=5", "-c", "rpc-shutdown-grace=1", "-c", "rpc-max-streams=1", env={"SAMPLE_COUNT": "9"},
     )
     try:
         deadline = time.monotonic() + 60
@@ -81,6 +82,12 @@ def test_serves_layered_config_over_mtls_until_shutdown(tmp_path: Path, tls: Pat
             assert items["sample-count"] == ("5", "command line")
             assert items["sample-mode"] == ("safe", "system")
             assert items["rpc-shutdown-grace"] == ("1", "command line")
+            listener = EventListener(client).items()
+            assert next(listener) is None  # one stream open: the quota from rpc-max-streams is full
+            with pytest.raises(RpcException) as info:
+                next(EventListener(client).items())
+            assert info.value.rc == ResultCode.ERROR_RESOURCE_EXHAUSTED
+            listener.close()
             client.server.shutdown(ShutdownRequest(delay=0))
         assert process.wait(60) == 0
     finally:

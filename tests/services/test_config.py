@@ -53,6 +53,9 @@ def test_items_parse_their_values() -> None:
         (Sample.DEBUG, "maybe", "true/false"),
         (Sample.NAME, "", "empty"),
         (Sample.PORT, "70000", "port number"),
+        (CoreConfig.SEND_TIMEOUT, "0", "above 0"),
+        (CoreConfig.SHUTDOWN_GRACE, "-1", "0 or more"),
+        (CoreConfig.MAX_CALLS, "-1", "above 0"),
     ],
 )
 def test_bad_default_stops_with_the_item_layer_and_reason(item: ConfigItem[Any], text: str, reason: str) -> None:
