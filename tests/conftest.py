@@ -26,3 +26,6 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
 sys.path.insert(0, str(GENERATED))
 
 pytest_plugins = ["stacks"]
+
+# A separate project, built and run by test_downstream.py against the installed package.
+collect_ignore = ["downstream"]
