@@ -20,6 +20,7 @@ from grpc_helper._builtin import BuiltinServices
 from grpc_helper._cli import tls
 from grpc_helper._cli.endpoint import DEFAULT_PORT
 from grpc_helper._cli.exits import CliError, ExitCode, run
+from grpc_helper.aio.server import AsyncRpcServer
 from grpc_helper.certs import CertificateError
 from grpc_helper.config import Config, ConfigError, CoreConfig, Folders
 from grpc_helper.descriptor import RpcServiceDescriptor
@@ -90,6 +91,18 @@ class RpcCliParser:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return args
 
+    def _tls(self, args: argparse.Namespace) -> dict[str, Any]:
+        credentials = tls.server_credentials(args)
+        if credentials is None:
+            return {"credentials": None, "client_credentials": None, "admins": set()}
+        directory = tls.tls_dir(args)
+        certs.init(directory, clients=[AUTO_CLIENT])
+        return {
+            "credentials": credentials,
+            "client_credentials": certs.channel_credentials(directory, AUTO_CLIENT),
+            "admins": {AUTO_CLIENT, *certs.admins_of(directory)},
+        }
+
     def server(self, args: argparse.Namespace, descriptors: Descriptors) -> RpcServer:
         """The ``RpcServer`` that ``args`` describe, hosting ``descriptors(args.services)``.
 
@@ -97,25 +110,32 @@ class RpcCliParser:
         missing) and the administrators are those of the directory's ``admins`` file, plus the auto-client."""
         services: BuiltinServices = args.services
         config = services.config
-        credentials = tls.server_credentials(args)
-        client_credentials = None
-        admins: set[str] = set()
-        if credentials is not None:
-            directory = tls.tls_dir(args)
-            certs.init(directory, clients=[AUTO_CLIENT])
-            client_credentials = certs.channel_credentials(directory, AUTO_CLIENT)
-            admins = {AUTO_CLIENT, *certs.admins_of(directory)}
         return RpcServer(
             args.port,
             descriptors(services),
             host=args.host,
-            credentials=credentials,
-            client_credentials=client_credentials,
             max_workers=config[CoreConfig.WORKERS],
             dump_folder=config[CoreConfig.DUMP_FOLDER],
-            admins=admins,
             limits=CoreConfig.limits(config),
             services=services,
+            **self._tls(args),
+        )
+
+    def async_server(self, args: argparse.Namespace, descriptors: Descriptors) -> AsyncRpcServer:
+        """The ``AsyncRpcServer`` that ``args`` describe (not started), like ``server()``::
+
+            asyncio.run(cli.async_server(args, descriptors).serve_forever(grace))
+        """
+        services: BuiltinServices = args.services
+        config = services.config
+        return AsyncRpcServer(
+            args.port,
+            descriptors(services),
+            host=args.host,
+            dump_folder=config[CoreConfig.DUMP_FOLDER],
+            limits=CoreConfig.limits(config, async_server=True),
+            services=services,
+            **self._tls(args),
         )
 
     def serve(self, descriptors: Descriptors, argv: Sequence[str] | None = None) -> int:

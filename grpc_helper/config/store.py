@@ -204,15 +204,21 @@ class Config:
             except ValueError as exc:
                 _log.warning("ignoring the persisted value of %s", exc)
 
-    def _persist(self) -> None:
+    def _commit(self, values: Mapping[str, tuple[str, Any, str]]) -> None:
+        """Apply new values once persisted (under the lock): a value that cannot be saved is not applied."""
+        merged = {**self._values, **values}
         path = self._persisted_path
-        if path is None:
-            return
-        data = {n: t for n, (t, _v, o) in self._values.items() if o == REMOTE}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        if path is not None:
+            data = {n: t for n, (t, _v, o) in merged.items() if o == REMOTE}
+            tmp = path.with_suffix(".tmp")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                os.replace(tmp, path)
+            except OSError as exc:
+                why = f"cannot save the configuration in {path}: {exc.strerror}"
+                raise RpcException(why, ResultCode.ERROR_STATE_UNEXPECTED) from None
+        self._values = merged
 
     def __getitem__(self, item: ConfigItem[T]) -> T:
         """The value in force of ``item`` (converted by its kind)."""
@@ -260,9 +266,7 @@ class Config:
             except ValueError as exc:
                 raise RpcException(str(exc), ResultCode.ERROR_PARAM_INVALID) from None
         with self._lock:
-            for name, (text, value) in parsed.items():
-                self._values[name] = (text, value, REMOTE)
-            self._persist()
+            self._commit({name: (text, value, REMOTE) for name, (text, value) in parsed.items()})
         changed = [self._items[n] for n in parsed]
         self._tell(changed)
         return changed
@@ -276,10 +280,8 @@ class Config:
         with self._lock:
             if not names:
                 names = [n for n, (_t, _v, o) in self._values.items() if o == REMOTE]
-            for name in names:
-                text, origin = self._defaults[name]
-                self._values[name] = (text, self._items[name].parse(text), origin)
-            self._persist()
+            defaults = {n: self._defaults[n] for n in names}
+            self._commit({n: (text, self._items[n].parse(text), origin) for n, (text, origin) in defaults.items()})
         changed = [self._items[n] for n in names]
         self._tell(changed)
         return changed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from grpc_helper import BuiltinServices, ResultCode, RpcClient, RpcException, certs
+from grpc_helper import BuiltinServices, ResultCode, RpcClient, RpcCliParser, RpcException, certs
 from grpc_helper.api.config_pb2 import ConfigFilter
 from grpc_helper.api.server_pb2 import ShutdownRequest
 from grpc_helper.events import EventListener
 from services.conftest import ADMIN
+from services.sample_program import ProgramConfig
 
 PROGRAM = Path(__file__).parent / "sample_program.py"
 
@@ -94,3 +96,18 @@ def test_serves_layered_config_over_mtls_until_shutdown(tmp_path: Path, tls: Pat
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=30)
+
+
+def test_builds_an_asyncio_server(tmp_path: Path, tls: Path) -> None:
+    cli = RpcCliParser("sample-async", "1.0", holders=[ProgramConfig])
+    args = cli.parse([*folders(tmp_path), "--host", "127.0.0.1", "--port", "0", "--tls-dir", str(tls), "-c", "rpc-max-streams=3"], {})
+
+    async def main() -> None:
+        server = cli.async_server(args, lambda services: [])
+        async with server:
+            (item,) = (await server.auto_client.config.get(ConfigFilter(names=["rpc-max-streams"]))).items
+            assert (item.value, item.origin) == ("3", "command line")
+            await server.auto_client.server.shutdown(ShutdownRequest(delay=0))  # the auto-client is an admin
+            assert await server.wait_shutdown(30)
+
+    asyncio.run(main())

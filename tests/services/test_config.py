@@ -159,3 +159,13 @@ def test_unusable_persisted_values_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(persisted))
     config = Config([Sample], folders=Folders(workspace=tmp_path))
     assert (config[Sample.COUNT], config[Sample.NAME], config[Sample.RATIO]) == (3, "world", 2.0)
+
+
+def test_a_value_that_cannot_be_saved_is_not_applied(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # the workspace is under a file: it cannot be created
+    config = Config([Sample], folders=Folders(workspace=blocker / "ws"))
+    with pytest.raises(RpcException) as info:
+        config.set({"sample-count": "8"})
+    assert info.value.rc == ResultCode.ERROR_STATE_UNEXPECTED and "cannot save the configuration" in info.value.message
+    assert (config[Sample.COUNT], config.origin("sample-count")) == (3, "code")
