@@ -306,7 +306,9 @@ static int run(int argc, char **argv, char **envp) {
     check(init, "sandbox", "fork");
     if (init == 0) be_init(change_user, uid, gid);
     report_pid(init);
-    long job_pid = fork_(CLONE_VFORK); /* H resumes once the job exec'd (or failed) */
+    /* J gets its own copy of the descriptors; H then closes its error pipe at once, so the server sees EOF
+     * as soon as J execs (a vfork would make it wait for H to be scheduled again). */
+    long job_pid = fork_(0);
     if (job_pid == 0) become_job(view, ncg, cgroups, change_user, uid, gid, cwd, job, envp);
     if (job_pid < 0) {
         S2(SYS_kill, init, SIGKILL);
