@@ -36,6 +36,7 @@ test: lint types pytest
 bench: venv
 	$(PY) bench/core_overhead.py
 	$(PY) bench/jobs_logs.py
+	$(PY) bench/jobs_spawn.py
 	$(PY) bench/grid_throughput.py
 
 clean:
