@@ -36,6 +36,17 @@ from grpc_helper.client import RpcClient
 from grpc_helper.descriptor import RpcServiceDescriptor
 from grpc_helper.server import RpcServer
 
+__all__ = [
+    "AsyncClientFactory",
+    "AsyncServerFactory",
+    "ClientFactory",
+    "ServerFactory",
+    "default_stubs",
+    "rpc_client_factory",
+    "rpc_dump_folder",
+    "rpc_server_factory",
+]  # + async_rpc_server_factory, async_rpc_client_factory when pytest-asyncio is installed
+
 ServerFactory = Callable[..., RpcServer]
 ClientFactory = Callable[..., RpcClient]
 

@@ -188,3 +188,16 @@ def test_info_over_mtls_with_the_tls_dir(tls_dir: Path, rpc_server_factory: obje
     assert ok.returncode == 0, ok.stderr
     plaintext = cli("info", "--port", str(server.port), "--timeout", "0.5")
     assert plaintext.returncode == ExitCode.UNREACHABLE
+
+
+def test_serve_on_a_busy_port_exits_port_busy(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", "--insecure", "--port", str(port), "--state-dir", str(tmp_path / "state"), timeout=60)
+    assert result.returncode == ExitCode.PORT_BUSY, result.stderr
+    last = result.stderr.splitlines()[-1]  # (grpc core logs its own line before)
+    assert last.startswith("error: cannot serve on") and "port busy" in last and "Traceback" not in result.stderr
