@@ -51,7 +51,8 @@ class BuiltinServices:
 
     :param config: the server's configuration (default: ``Config()``, code defaults of ``CoreConfig``).
     :param events: the server's event stream (default: one sized by the ``rpc-events-*`` items of ``config``).
-        Config changes are sent on it as ``config-changed`` events (properties ``name``, ``value``, ``origin``).
+        Config changes are sent on it as ``config-changed`` events (properties ``name``, ``value``, ``origin``),
+        logger level changes as ``logger-changed`` (``name``, ``level``).
 
     Example::
 
@@ -71,6 +72,9 @@ class BuiltinServices:
 
     def _config_changed(self, item: Any, text: str, origin: str) -> None:
         self.events.send("config-changed", {"name": item.name, "value": text, "origin": origin})
+
+    def _logger_changed(self, name: str, level: str) -> None:
+        self.events.send("logger-changed", {"name": name, "level": level})
 
     @property
     def log_folder(self) -> Path | None:
@@ -99,7 +103,7 @@ class BuiltinServices:
         managers = {
             "server": ServerManager(stop),
             "config": ConfigManager(self.config),
-            "logger": LoggerManager(log_files),
+            "logger": LoggerManager(log_files, self._logger_changed),
             "events": events,
         }
         return [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -134,6 +134,18 @@ class ConfigItem(Generic[T]):
     :param user: True for an item that can be changed remotely (persisted in the workspace); False for a
         static one, fixed at start.
     """
+
+    @overload
+    def __init__(
+        self: ConfigItem[str], name: str, description: str, default: str, kind: None = None, *, can_be_empty: bool = False,
+        user: bool = False,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, name: str, description: str, default: str, kind: Kind[T] | Callable[[str], T], *, can_be_empty: bool = False,
+        user: bool = False,
+    ) -> None: ...
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +57,13 @@ class LoggerManager(logger_pb2_grpc.LoggerServiceServicer, RpcManager):
     """Lists loggers and their levels; sets and resets levels (its methods never block: asyncio servers too).
 
     :param log_files: per-service rolling log files to open at load and close at shutdown, if any.
+    :param on_change: called with ``(logger name, new level name)`` after each remote change.
     """
 
-    def __init__(self, log_files: LogFiles | None = None) -> None:
+    def __init__(self, log_files: LogFiles | None = None, on_change: Callable[[str, str], None] | None = None) -> None:
         super().__init__()
         self._log_files = log_files
+        self._on_change = on_change
         self._original: dict[str, int] = {}
         self._guard = threading.Lock()
 
@@ -115,7 +117,13 @@ class LoggerManager(logger_pb2_grpc.LoggerServiceServicer, RpcManager):
                 self._original.setdefault(name, loggers[name].level)
                 loggers[name].setLevel(level)
         self.logger.info("levels set: %s", ", ".join(f"{n}={logging.getLevelName(v)}" for n, v in levels.items()))
+        self._tell(loggers[n] for n in levels)
         return logger_pb2.LoggerLevels(items=[self._describe(n, loggers[n]) for n in levels])
+
+    def _tell(self, loggers: Iterable[logging.Logger]) -> None:
+        if self._on_change is not None:
+            for logger in loggers:
+                self._on_change(logger.name, logging.getLevelName(logger.level))
 
     def reset(self, request: logger_pb2.LoggerFilter, context: Any = None) -> logger_pb2.LoggerLevels:
         loggers = self._find(request.names) if request.names else self._loggers()
@@ -126,4 +134,5 @@ class LoggerManager(logger_pb2_grpc.LoggerServiceServicer, RpcManager):
                 key = name or ROOT
                 loggers[key].setLevel(self._original.pop(key))
                 restored[key] = loggers[key]
+        self._tell(restored.values())
         return logger_pb2.LoggerLevels(items=[self._describe(n, lg) for n, lg in restored.items()])

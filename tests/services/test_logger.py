@@ -14,6 +14,7 @@ from sample_service import sample_descriptor
 from grpc_helper import BuiltinServices, RpcException, RpcManager
 from grpc_helper.api.logger_pb2 import LoggerFilter, LoggerLevel, LoggerLevels
 from grpc_helper.config import Config, Folders
+from services.test_events import subscribed, take
 
 
 class Quiet(sample_pb2_grpc.SampleServiceServicer, RpcManager):
@@ -33,6 +34,7 @@ def test_managers_log_under_the_package(svc: Any) -> None:
 def test_get_set_reset_levels(svc: Any) -> None:
     server = svc.server([quiet()])
     client = svc.client(server.port)
+    changes = subscribed(svc.listen(client, ["logger-changed"]))
     logger = logging.getLogger("grpc_helper.sample")
     before = logger.level
     listed = {i.name for i in client.logger.get(LoggerFilter()).items}
@@ -45,6 +47,9 @@ def test_get_set_reset_levels(svc: Any) -> None:
     (item,) = client.logger.reset(LoggerFilter()).items
     assert (item.name, item.changed) == ("grpc_helper.sample", False)
     assert logger.level == before
+    told = [dict(e.properties) for e in take(changes, 2)]
+    name = "grpc_helper.sample"
+    assert told == [{"name": name, "level": "DEBUG"}, {"name": name, "level": logging.getLevelName(before)}]
 
 
 def test_bad_requests_are_refused(svc: Any) -> None:
