@@ -25,7 +25,7 @@ import grpc
 
 from grpc_helper import certs
 from grpc_helper._cli.exits import CliError, ExitCode
-from grpc_helper.certs._pem import read_certificate, read_pair
+from grpc_helper.certs._pem import read_certificate
 
 
 def _add_common(parser: argparse.ArgumentParser, tls_default: bool, title: str) -> argparse._ArgumentGroup:
@@ -92,10 +92,3 @@ def server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | Non
         raise CliError("--cert and --key go together", ExitCode.USAGE)
     return certs.server_credentials(tls_dir(args), cert=args.cert, key=args.key, ca=args.ca)
 
-
-def server_files(args: argparse.Namespace) -> tuple[bytes, bytes, bytes]:
-    """``(certificate, key, CA certificate)`` PEM bytes a TLS server uses, checked (for servers that build their
-    own credentials)."""
-    files = certs.TlsFiles(tls_dir(args), "server")
-    cert_pem, key_pem = read_pair(args.cert or files.cert, args.key or files.key)
-    return cert_pem, key_pem, read_certificate(args.ca or files.ca, "CA certificate")[0]

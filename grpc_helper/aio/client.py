@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
@@ -50,6 +51,8 @@ class _Channel:
         else:
             self.channel = grpc.aio.secure_channel(client.target, client._credentials, options=options)
         self.callables: dict[tuple[str, str], Any] = {}
+        #: Set by ``close()``: wakes the calls waiting between two attempts.
+        self.closing = asyncio.Event()
 
     def callable(self, attr: str, name: str, stub_class: type) -> Any:
         key = (attr, name)
@@ -93,7 +96,7 @@ class _AsyncMethod:
             try:
                 return await self._callable()(requests or request, timeout=attempt_timeout, metadata=md, **options)
             except grpc.RpcError as error:
-                await asyncio.sleep(plan.after_failure(error, requests is None or not requests.started, client._closed))
+                await client._pause(plan.after_failure(error, requests is None or not requests.started, client._closed))
             except asyncio.CancelledError:
                 client._raise_if_closed()
                 raise
@@ -144,7 +147,7 @@ class _AsyncStream:
             except grpc.RpcError as error:
                 # Never re-send once an item arrived: the caller would see duplicates.
                 replayable = not received and (requests is None or not requests.started)
-                await asyncio.sleep(plan.after_failure(error, replayable, client._closed))
+                await client._pause(plan.after_failure(error, replayable, client._closed))
             except asyncio.CancelledError:
                 client._raise_if_closed()
                 raise
@@ -201,6 +204,14 @@ class AsyncRpcClient(ClientCore):
         ``stubs``, or any other generated stub with its ``api_version``. See ``RpcClient.stub``."""
         return self._typed(stub_class, api_version)  # type: ignore[return-value]
 
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds before the next attempt, or until ``close()``."""
+        channel = self._channels.get(asyncio.get_running_loop())
+        if channel is None:  # closed meanwhile
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.closing.wait(), delay)
+
     def _raise_if_closed(self) -> None:
         """A call cancelled by ``close()`` (not by its own task's cancellation) raises ``RpcException``."""
         task = asyncio.current_task()
@@ -226,8 +237,10 @@ class AsyncRpcClient(ClientCore):
         self._channels.clear()
         for loop, channel in channels:
             if loop is current:
+                channel.closing.set()
                 await channel.channel.close(None)
             elif not loop.is_closed():
+                loop.call_soon_threadsafe(channel.closing.set)
                 asyncio.run_coroutine_threadsafe(channel.channel.close(None), loop)
             # else: the loop is gone and its channel with it
 
