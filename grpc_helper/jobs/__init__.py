@@ -1,7 +1,7 @@
 """Job runner service: run Linux processes remotely over mTLS, stream their logs, cgroup limits, durable state.
 
-Host it with :func:`descriptor` in any ``RpcServer`` (mTLS credentials required, see ``grpc_helper.certs``),
-or run ``python -m grpc_helper.jobs serve``.
+Host it with :func:`descriptor` in an ``AsyncRpcServer`` (mTLS credentials required, see
+``grpc_helper.certs``), or run ``python -m grpc_helper.jobs serve``.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grpc_helper.jobs.limits import JobsLimits
+
 __title__ = "grpc-helper-jobs"
 __version__ = "1.0.0"
 
 if TYPE_CHECKING:
     from grpc_helper import RpcServiceDescriptor
 
-__all__ = ["__title__", "__version__", "default_state_dir", "descriptor"]
+__all__ = ["JobsLimits", "__title__", "__version__", "default_state_dir", "descriptor"]
 
 
 def default_state_dir() -> Path:
@@ -28,12 +30,15 @@ def default_state_dir() -> Path:
 
 
 def descriptor(state_dir: Path | str, admins: Iterable[str] = (), **options: Any) -> RpcServiceDescriptor:
-    """The Jobs service, ready for ``RpcServer(port, [descriptor(...)], credentials=<mTLS>)``.
+    """The Jobs service, ready for ``AsyncRpcServer(port, [descriptor(...)], credentials=<mTLS>)``.
 
-    ``state_dir`` holds the SQLite records and log files; ``admins`` are the certificate common names that
-    see every job. ``options`` go to :class:`grpc_helper.jobs.manager.JobsManager` (``cgroups``,
-    ``cgroup_parent``, ``stop_grace``, ``max_running``). Calls without a verified client certificate are
-    refused, so the service stays safe on a plaintext server (it is just unusable there).
+    ``state_dir`` holds the SQLite records and log files (one server at a time: it is locked while served);
+    ``admins`` are certificate common names that see every job, beside the server's own admins. ``options`` go
+    to :class:`grpc_helper.jobs.manager.JobsManager` (``cgroups``, ``cgroup_parent``, ``stop_grace``, and
+    ``limits=JobsLimits(...)`` or its fields: ``max_running``, ``max_running_per_owner``, ``max_log_bytes``,
+    ``min_free_bytes``, ``keep_age``, ``keep_count``). Calls without a verified client certificate are
+    refused, so the service stays safe on a plaintext server (it is just unusable there). The manager is an
+    ``AsyncRpcManager``: it needs an asyncio server.
     """
     import grpc_helper.jobs as package
     from grpc_helper import RpcServiceDescriptor

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import math
 import os
-import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
 
-from grpc_helper import ResultCode, RpcClient, RpcException, RpcServer
+from grpc_helper import ResultCode, RpcClient, RpcException
 from grpc_helper import certs as tls
 from grpc_helper._cli.parser import add_version
-from grpc_helper.jobs import default_state_dir, descriptor
+from grpc_helper.jobs import limits as jobs_limits
 from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
 
 DEFAULT_ENDPOINT = "localhost:50051"
@@ -46,8 +45,8 @@ _EXIT_BY_RC: dict[int, int] = {
     ResultCode.ERROR_STATE_UNEXPECTED: EXIT_PRECONDITION,
     ResultCode.ERROR_API_CLIENT_TOO_OLD: EXIT_PRECONDITION,
     ResultCode.ERROR_API_SERVER_TOO_OLD: EXIT_PRECONDITION,
+    ResultCode.ERROR_RESOURCE_EXHAUSTED: EXIT_UNAVAILABLE,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _STATE_NAMES = {v: k.removeprefix("JOB_") for k, v in jobs_pb2.JobState.items()}
 _REASON_NAMES = {v: k.removeprefix("STOP_").lower() for k, v in jobs_pb2.StopReason.items()}
 
@@ -58,18 +57,66 @@ class CliError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``error: ...``), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def parse_size(text: str) -> int:
-    """``512M``, ``1.5G``, ``4096`` -> bytes (binary multiples)."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 4096, 64M, 1G)")
-    scale = 1024 ** " kmgt".index((m.group(2) or " ").lower())
-    return int(float(m.group(1)) * scale)
+    """``512M``, ``1.5G``, ``4096`` -> bytes (binary multiples), at most 2^64-1 (the proto fields' range)."""
+    try:
+        value = jobs_limits.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value >= 1 << 64:
+        raise argparse.ArgumentTypeError(f"size {text[:40]!r} is too large")
+    return value
+
+
+def _uint32(text: str) -> int:
+    if not text.strip().isdigit() or int(text) >= 1 << 32:
+        raise argparse.ArgumentTypeError(f"expected a whole number between 0 and {(1 << 32) - 1}, not {text[:40]!r}")
+    return int(text)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text[:40]!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0")
+    return value
+
+
+def _page_size(text: str) -> int:
+    value = _uint32(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a page size between 1 and 1000, not {text[:40]!r}")
+    return value
+
+
+def _state(text: str) -> int:
+    name = text.strip().upper()
+    value = jobs_pb2.JobState.DESCRIPTOR.values_by_name.get(name if name.startswith("JOB_") else f"JOB_{name}")
+    if value is None or value.number == 0:
+        names = ", ".join(n.lower() for n in _STATE_NAMES.values() if n != "STATE_UNKNOWN")
+        raise argparse.ArgumentTypeError(f"unknown state {text[:40]!r} (one of {names})")
+    return int(value.number)
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not port.isdigit() or int(port) > 65535 or not host.strip("[]"):
         raise CliError(f"invalid endpoint {text!r}: expected HOST:PORT", EXIT_USAGE)
     return host.strip("[]"), int(port)
 
@@ -137,9 +184,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not sep:
             raise CliError(f"invalid --env {item!r}: expected NAME=VALUE", EXIT_USAGE)
         env[key] = value
-    limits = jobs_pb2.Limits(
-        cpus=args.cpus, memory_bytes=args.memory, io_read_bps=args.io_read, io_write_bps=args.io_write, pids=args.pids
-    )
+    try:
+        limits = jobs_pb2.Limits(
+            cpus=args.cpus, memory_bytes=args.memory, io_read_bps=args.io_read, io_write_bps=args.io_write,
+            pids=args.pids,
+        )
+    except (ValueError, TypeError) as e:  # out of a proto field's range
+        raise CliError(f"invalid limit: {e}", EXIT_INVALID) from None
     with _client(args) as client:
         st = client.jobs.Run(jobs_pb2.RunRequest(command=command, env=env, cwd=args.cwd, limits=limits))
     if args.json:
@@ -162,12 +213,40 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def list_pages(
+    call: Callable[[jobs_pb2.ListRequest], jobs_pb2.ListResponse], request: jobs_pb2.ListRequest, limit: int | None
+) -> Iterator[jobs_pb2.JobStatus]:
+    """The jobs of every page of ``request`` (at most ``limit``; None: all), fetching pages as needed."""
+    count = 0
+    while True:
+        page = call(request)
+        for st in page.jobs:
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield st
+        if not page.next_page_token:
+            return
+        request.page_token = page.next_page_token
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
+    more = False
     with _client(args) as client:
         if args.id:
             jobs = [client.jobs.Status(jobs_pb2.JobRequest(job_id=args.id))]
         else:
-            jobs = list(client.jobs.List(jobs_pb2.ListRequest()).jobs)
+            # Default: the most recent jobs (one page), shown oldest first like a log; --all pages through all.
+            limit = None if args.all else args.limit
+            request = jobs_pb2.ListRequest(
+                page_size=min(1000, limit + 1) if limit is not None else 1000, states=args.state,
+                owner=args.owner or "", newest_first=not args.all,
+            )
+            jobs = list(list_pages(client.jobs.List, request, None if limit is None else limit + 1))
+            if limit is not None and len(jobs) > limit:
+                jobs, more = jobs[:limit], True
+            if not args.all:
+                jobs.reverse()
     if args.json:
         items = [_status_json(st) for st in jobs]
         print(json.dumps(items[0] if args.id else items))
@@ -175,6 +254,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(describe(jobs[0]))
     else:
         print(ps_table(jobs))
+    if more:
+        print(f"(the {args.limit} most recent shown; --limit N or --all for more)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -193,32 +274,10 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- server side -----------------------------------------------------------------------------------------
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, port = parse_endpoint(args.endpoint)
-    tls_dir = Path(args.tls_dir).expanduser()
-    try:
-        creds = tls.server_credentials(tls_dir, cert=args.cert, key=args.key, ca=args.ca)
-    except (OSError, tls.CertificateError) as e:
-        raise CliError(
-            f"cannot read TLS material: {e} (create it with: python -m grpc_helper.certs init {tls_dir})", EXIT_DENIED
-        ) from None
-    admins = set(args.admin) | tls.admins_of(tls_dir)
-    options = {"cgroups": not args.no_cgroups, "stop_grace": args.grace}
-    server = RpcServer(
-        port, [descriptor(args.state_dir, admins, **options)], host=host, credentials=creds, max_workers=args.workers
-    )
-    print(f"jobs: serving on {host}:{server.port} (mTLS, CA {args.ca or tls_dir / 'ca.pem'}), "
-          f"state in {Path(args.state_dir).expanduser()}, admins: {', '.join(sorted(admins)) or '-'}", flush=True)
-    server.serve_forever(grace=1.0)  # Ctrl+C/SIGTERM: running jobs are stopped; a second signal exits at once
-    return EXIT_OK
-
-
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    from grpc_helper.jobs import serve
+
+    common = _Parser(add_help=False)
     common.add_argument("--endpoint", default=os.environ.get("GRPC_HELPER_JOBS_ENDPOINT", DEFAULT_ENDPOINT),
                         help=f"server HOST:PORT (default {DEFAULT_ENDPOINT}, or $GRPC_HELPER_JOBS_ENDPOINT)")
     common.add_argument("--tls-dir", default=str(tls.default_dir()),
@@ -227,25 +286,19 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--cert", type=Path, help="certificate file (overrides the TLS directory)")
     common.add_argument("--key", type=Path, help="private key file (overrides the TLS directory)")
     common.add_argument("--ca", type=Path, help="CA certificate file (overrides the TLS directory)")
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds to reach the server (default 10)")
+    common.add_argument("--timeout", type=_positive, default=10.0, help="seconds to reach the server (default 10)")
     common.add_argument("--json", action="store_true", help="structured output")
 
-    p = argparse.ArgumentParser(prog="python -m grpc_helper.jobs", description=__doc__)
+    p = _Parser(prog="python -m grpc_helper.jobs", description=__doc__)
     add_version(p)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("serve", parents=[common], help="run the job runner server (mTLS)")
-    s.add_argument("--state-dir", default=str(default_state_dir()), help="records and logs (default %(default)s)")
-    s.add_argument("--admin", action="append", default=[], help="admin identity (also read from TLS_DIR/admins)")
-    s.add_argument("--no-cgroups", action="store_true", help="never use cgroups (jobs with limits are refused)")
-    s.add_argument("--grace", type=float, default=5.0, help="SIGTERM->SIGKILL delay for jobs at shutdown")
-    s.add_argument("--workers", type=int, default=256, help="server threads (each log stream holds one)")
-    s.set_defaults(func=cmd_serve)
+    serve.add_parser(sub, common)
     r = sub.add_parser("run", parents=[common], help="start a job, print its id")
     r.add_argument("--cwd", default="", help="absolute working directory (default /)")
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable")
-    r.add_argument("--cpus", type=float, default=0.0, help="CPU limit in cores (e.g. 0.5)")
+    r.add_argument("--cpus", type=_non_negative, default=0.0, help="CPU limit in cores (e.g. 0.5)")
     r.add_argument("--memory", type=parse_size, default=0, help="memory limit (e.g. 256M)")
-    r.add_argument("--pids", type=int, default=0, help="maximum number of processes")
+    r.add_argument("--pids", type=_uint32, default=0, help="maximum number of processes")
     r.add_argument("--io-read", type=parse_size, default=0, help="read bandwidth limit per device, bytes/s")
     r.add_argument("--io-write", type=parse_size, default=0, help="write bandwidth limit per device, bytes/s")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
@@ -254,12 +307,17 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("id")
     lg.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     lg.set_defaults(func=cmd_logs)
-    ps = sub.add_parser("ps", parents=[common], help="status of your jobs (all jobs for an admin), or of one")
+    ps = sub.add_parser("ps", parents=[common], help="status of your recent jobs (all jobs for an admin), or of one")
     ps.add_argument("id", nargs="?")
+    ps.add_argument("--limit", type=_page_size, default=50, help="how many of the most recent jobs (default 50)")
+    ps.add_argument("--all", action="store_true", help="every job, oldest first (page by page)")
+    ps.add_argument("--state", type=_state, action="append", default=[],
+                    help="only jobs in this state (running, exited, killed, failed_to_start, lost); repeatable")
+    ps.add_argument("--owner", help="only this client's jobs (admins)")
     ps.set_defaults(func=cmd_ps)
     k = sub.add_parser("kill", parents=[common], help="stop a job (SIGTERM, then SIGKILL after the grace delay)")
     k.add_argument("id")
-    k.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default 5)")
+    k.add_argument("--grace", type=_non_negative, default=None, help="seconds between SIGTERM and SIGKILL (default 5)")
     k.set_defaults(func=cmd_kill)
     return p
 

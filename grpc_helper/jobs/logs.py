@@ -1,46 +1,78 @@
 """Job output store: one append-only file per job and stream, readers follow them on a notification.
 
-A writer appends to the file and then notifies a :class:`threading.Condition`; each reader keeps only its
-file offsets and reads the file with ``pread``, so every reader (late ones included) gets exactly the
-bytes of the file from the first one, memory per reader is one chunk, and nobody polls.
+The single writer (the job's output pump) appends to the files and then wakes the readers: threads waiting
+on a :class:`threading.Condition` (:meth:`JobLog.read`) and asyncio tasks waiting on a future
+(:meth:`JobLog.follow`, the service's way: a waiting follower costs a future, not a thread). Readers keep
+only their file offsets and ``pread`` the files, so every reader (late ones included) gets exactly the bytes
+of the file from the first one, memory per reader is one chunk, and nobody polls.
+
+The writer enforces the per-job log limit and survives a full file system: past ``max_bytes`` (both streams
+together) or on ``ENOSPC``/``EDQUOT`` it stops writing, drops further output and calls ``on_stop`` once with
+the reason, so that the job is stopped with that reason instead of running on with its output lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+
+from grpc_helper.jobs.limits import size_text
+from grpc_helper.jobs.store import StopReason
 
 STDOUT, STDERR = 0, 1
 STREAM_NAMES = ("stdout", "stderr")
 CHUNK_SIZE = 256 * 1024  # default per-reader buffer and maximum message size
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+#: ``on_stop(reason, message)``: the log stopped accepting output (called once, from the writer's thread).
+StopCallback = Callable[[StopReason, str], None]
 
 
 class JobLog:
-    """The two output files of a job (``<dir>/<job_id>.stdout`` / ``.stderr``) and their readers' condition.
+    """The two output files of a job (``<dir>/<job_id>.stdout`` / ``.stderr``) and their readers' wake-ups.
 
-    ``JobLog.create`` opens them for writing (a live job); ``JobLog.open`` serves existing files of a
-    finished job (already closed: readers stop at the end of the files).
+    ``JobLog.create`` opens them for writing (a live job, files mode 0600); ``JobLog.open`` serves existing
+    files of a finished job (already closed: readers stop at the end of the files).
     """
 
-    def __init__(self, directory: Path, job_id: str, *, live: bool) -> None:
+    def __init__(
+        self, directory: Path, job_id: str, *, live: bool, max_bytes: int = 0, on_stop: StopCallback | None = None
+    ) -> None:
         self.paths = tuple(directory / f"{job_id}.{name}" for name in STREAM_NAMES)
+        self.max_bytes = max_bytes
+        self._on_stop = on_stop
         self._cond = threading.Condition()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._fds: list[int] = []
+        #: Why the log stopped accepting output (``StopReason.NONE`` while it accepts it).
+        self.stopped = StopReason.NONE
         if live:
             # No O_APPEND: splice() refuses it; the single writer tracks the offsets (self._sizes) itself.
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            for path in self.paths:
-                self._fds.append(os.open(path, flags, 0o600))
+            try:
+                for path in self.paths:
+                    self._fds.append(os.open(path, flags, 0o600))
+            except OSError:
+                for fd in self._fds:
+                    os.close(fd)
+                for path in self.paths[: len(self._fds)]:
+                    path.unlink(missing_ok=True)
+                raise
             self._sizes = [0, 0]
         else:
             self._sizes = [_size(path) for path in self.paths]
         self._closed = not live
 
     @classmethod
-    def create(cls, directory: Path, job_id: str) -> JobLog:
-        return cls(directory, job_id, live=True)
+    def create(
+        cls, directory: Path, job_id: str, max_bytes: int = 0, on_stop: StopCallback | None = None
+    ) -> JobLog:
+        return cls(directory, job_id, live=True, max_bytes=max_bytes, on_stop=on_stop)
 
     @classmethod
     def open(cls, directory: Path, job_id: str) -> JobLog:
@@ -54,28 +86,78 @@ class JobLog:
         with self._cond:
             return self._sizes[0], self._sizes[1]
 
-    def write(self, stream: int, data: bytes) -> None:
-        """Append to a stream (single writer) and wake its readers."""
-        view = memoryview(data)
-        offset = self._sizes[stream]
-        while view:
-            n = os.pwrite(self._fds[stream], view, offset)
-            view = view[n:]
-            offset += n
+    # --- writer side (one thread) ------------------------------------------------------------------------
+
+    def _room(self) -> int | None:
+        """Bytes the log still accepts (None: no limit)."""
+        if not self.max_bytes:
+            return None
+        return max(0, self.max_bytes - self._sizes[0] - self._sizes[1])
+
+    def _stop(self, reason: StopReason, message: str) -> None:
+        with self._cond:
+            if self.stopped:
+                return
+            self.stopped = reason
+        if self._on_stop is not None:
+            self._on_stop(reason, message)
+
+    def _over_limit(self) -> None:
+        self._stop(StopReason.LOG_LIMIT, f"output went past the log limit of {size_text(self.max_bytes)}")
+
+    def _no_space(self, error: OSError) -> None:
+        self._stop(StopReason.NO_SPACE, f"output could not be written to the state directory: {error.strerror}")
+
+    def _grew(self, stream: int, offset: int) -> None:
         with self._cond:
             self._sizes[stream] = offset
-            self._cond.notify_all()
+            self._notify()
+
+    def write(self, stream: int, data: bytes) -> None:
+        """Append to a stream (single writer) and wake its readers; output past the limit is dropped."""
+        if self.stopped:
+            return
+        room = self._room()
+        view = memoryview(data)[: len(data) if room is None else room]
+        offset = self._sizes[stream]
+        try:
+            while view:
+                n = os.pwrite(self._fds[stream], view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            self._grew(stream, offset)
+            if e.errno in _NO_SPACE:
+                self._no_space(e)
+                return
+            raise
+        self._grew(stream, offset)
+        if room is not None and len(data) > room:
+            self._over_limit()
 
     def splice_from(self, stream: int, pipe_fd: int, size: int) -> int:
         """Move up to ``size`` bytes from a pipe to a stream in the kernel (no copy through Python).
 
-        Returns the byte count (0 at end of pipe); raises OSError when splice is not possible here.
+        Returns the byte count (0 at end of pipe, and once the log stopped accepting output: stop reading this
+        pipe); raises OSError when splice is not possible here.
         """
-        n = os.splice(pipe_fd, self._fds[stream], size, offset_dst=self._sizes[stream])
+        if self.stopped:
+            return 0
+        room = self._room()
+        if room == 0:
+            if os.read(pipe_fd, 1):  # one byte too many (not just the end of the pipe): over the limit
+                self._over_limit()
+            return 0
+        try:
+            n = os.splice(pipe_fd, self._fds[stream], size if room is None else min(size, room),
+                          offset_dst=self._sizes[stream])
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                self._no_space(e)
+                return 0
+            raise
         if n:
-            with self._cond:
-                self._sizes[stream] += n
-                self._cond.notify_all()
+            self._grew(stream, self._sizes[stream] + n)
         return n
 
     def close(self) -> None:
@@ -85,14 +167,28 @@ class JobLog:
                 return
             self._closed = True
             fds, self._fds = self._fds, []
-            self._cond.notify_all()
+            self._notify()
         for fd in fds:
             os.close(fd)
 
     def wake(self) -> None:
         """Wake every reader so that it re-checks its ``cancelled`` predicate (client gone, shutdown)."""
         with self._cond:
-            self._cond.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake thread readers and asyncio followers (called with ``_cond`` held)."""
+        self._cond.notify_all()
+        waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
+                loop.call_soon_threadsafe(_resolve, future)
+
+    # --- reader side -----------------------------------------------------------------------------------------
+
+    def _snapshot(self) -> tuple[list[int], bool]:
+        with self._cond:
+            return list(self._sizes), self._closed
 
     def read(
         self,
@@ -100,45 +196,101 @@ class JobLog:
         cancelled: Callable[[], bool] = lambda: False,
         chunk_size: int | Callable[[], int] = CHUNK_SIZE,
     ) -> Iterator[tuple[int, bytes]]:
-        """Yield ``(stream, data)`` from the first byte; with ``follow``, until the log is closed.
+        """Yield ``(stream, data)`` from the first byte; with ``follow``, until the log is closed (a thread waits).
 
         Without ``follow``, stop at the sizes known at the call. Call :meth:`wake` after ``cancelled``
         becomes true so that a reader waiting for output notices it. ``chunk_size`` (bytes, or a function
         asked before each read) bounds the memory a reader holds.
         """
-        chunk = chunk_size if callable(chunk_size) else (lambda: chunk_size)
-        fds = [_open_read(path) for path in self.paths]
-        offsets = [0, 0]
+        cursor = _Cursor(self.paths, chunk_size)
         try:
             while True:
                 with self._cond:
                     while True:
-                        sizes = list(self._sizes)
-                        closed = self._closed
-                        if closed or not follow or sizes != offsets or cancelled():
+                        sizes, closed = list(self._sizes), self._closed
+                        if closed or not follow or sizes != cursor.offsets or cancelled():
                             break
                         self._cond.wait()
-                for stream in (STDOUT, STDERR):
-                    while offsets[stream] < sizes[stream]:
-                        if cancelled():
-                            return
-                        want = min(chunk(), sizes[stream] - offsets[stream])
-                        data = os.pread(fds[stream], want, offsets[stream])
-                        if not data:  # truncated under us: nothing sane left to serve
-                            return
-                        offsets[stream] += len(data)
-                        yield stream, data
-                if closed or not follow or cancelled():
+                yield from cursor.chunks(sizes, cancelled)
+                if cursor.broken or closed or not follow or cancelled():
                     return
         finally:
-            for fd in fds:
-                os.close(fd)
+            cursor.close()
+
+    async def follow(
+        self,
+        follow: bool = True,
+        cancelled: Callable[[], bool] = lambda: False,
+        chunk_size: int | Callable[[], int] = CHUNK_SIZE,
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """:meth:`read` for asyncio: a waiting follower is a future woken by the writer, no thread, no polling.
+
+        Cancelling the task that iterates ends it; :meth:`wake` makes it re-check ``cancelled``.
+        """
+        loop = asyncio.get_running_loop()
+        cursor = _Cursor(self.paths, chunk_size)
+        waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        try:
+            while True:
+                with self._cond:
+                    sizes, closed = list(self._sizes), self._closed
+                    if follow and not closed and sizes == cursor.offsets and not cancelled():
+                        waiter = (loop, loop.create_future())
+                        self._waiters.append(waiter)
+                if waiter is not None:
+                    await waiter[1]
+                    waiter = None
+                    continue
+                for item in cursor.chunks(sizes, cancelled):
+                    yield item
+                if cursor.broken or closed or not follow or cancelled():
+                    return
+        finally:
+            if waiter is not None:
+                with self._cond:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+            cursor.close()
+
+
+class _Cursor:
+    """A reader's position in both files: what :meth:`JobLog.read` and :meth:`JobLog.follow` share."""
+
+    def __init__(self, paths: tuple[Path, ...], chunk_size: int | Callable[[], int]) -> None:
+        self.chunk = chunk_size if callable(chunk_size) else (lambda: chunk_size)
+        self.fds = [_open_read(path) for path in paths]
+        self.offsets = [0, 0]
+        self.broken = False
+
+    def chunks(self, sizes: list[int], cancelled: Callable[[], bool]) -> Iterator[tuple[int, bytes]]:
+        """What was written up to ``sizes``, chunk by chunk (a page-cache read: it does not block)."""
+        for stream in (STDOUT, STDERR):
+            while self.offsets[stream] < sizes[stream]:
+                if cancelled():
+                    return
+                want = min(self.chunk(), sizes[stream] - self.offsets[stream])
+                data = os.pread(self.fds[stream], want, self.offsets[stream])
+                if not data:  # truncated (or purged) under us: nothing sane left to serve
+                    self.broken = True
+                    return
+                self.offsets[stream] += len(data)
+                yield stream, data
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _open_read(path: Path) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:  # a job that never started may have no files: serve it as empty
+    except FileNotFoundError:  # a job that never started (or was purged) may have no files: serve it as empty
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 

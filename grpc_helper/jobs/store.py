@@ -1,8 +1,14 @@
-"""Durable job records in SQLite (stdlib ``sqlite3``), beside the log files."""
+"""Durable job records in SQLite (stdlib ``sqlite3``), beside the log files: pages, filters, purge.
+
+Indexes make every page a range scan whatever the table size: ``(owner, job_id)``, ``(state, job_id)`` and
+``(owner, state, job_id)`` beside the primary key, so a page of 100 among a million records costs the same
+as among ten.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -30,6 +36,8 @@ class StopReason(IntEnum):
     USER = 1
     OOM = 2
     SERVER = 3
+    LOG_LIMIT = 4
+    NO_SPACE = 5
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,29 @@ CREATE TABLE IF NOT EXISTS jobs (
     limits TEXT NOT NULL, cgroup TEXT NOT NULL, boot_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, job_id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, job_id);
+CREATE INDEX IF NOT EXISTS jobs_owner_state ON jobs (owner, state, job_id);
 """
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+
+
+class StoreFull(Exception):
+    """The file system holding the records is full (the record was not written)."""
+
+
+def _is_full(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(error)
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which records to list: a cursor (``after``: the last id of the previous page), filters, order."""
+
+    size: int = 100
+    after: str = ""
+    owner: str | None = None
+    states: tuple[State, ...] = ()
+    newest_first: bool = False
 
 
 def _to_row(r: JobRecord) -> tuple[Any, ...]:
@@ -108,6 +138,8 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))  # private from the start
+        os.chmod(path, 0o600)  # SQLite gives its -wal and -shm files the database file's mode
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -117,10 +149,26 @@ class JobStore:
             self._db.executescript(_SCHEMA)
 
     def put(self, record: JobRecord) -> None:
-        """Insert or replace a record."""
+        """Insert or replace a record; raises :class:`StoreFull` when the file system is full."""
+        self.put_many([record])
+
+    def put_many(self, records: list[JobRecord]) -> None:
+        """Insert or replace records in one transaction (:class:`StoreFull` when the file system is full)."""
         marks = ",".join("?" * len(_COLUMNS))
+        sql = f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({marks})"
         with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({marks})", _to_row(record))
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany(sql, [_to_row(r) for r in records])
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if _is_full(e):
+                    raise StoreFull(str(e)) from None
+                raise
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -128,13 +176,53 @@ class JobStore:
         return _from_row(row) if row else None
 
     def records(self, owner: str | None = None) -> list[JobRecord]:
-        """Records of ``owner`` (all when None), oldest first (UUIDv7 ids sort by time)."""
+        """Every record of ``owner`` (all when None), oldest first (UUIDv7 ids sort by time)."""
+        return self.page(Page(size=-1, owner=owner))
+
+    def page(self, page: Page) -> list[JobRecord]:
+        """Up to ``page.size`` records (-1: all) after the cursor, in id order (UUIDv7: creation order)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if page.owner is not None:
+            where.append("owner = ?")
+            params.append(page.owner)
+        if page.states:
+            where.append(f"state IN ({','.join('?' * len(page.states))})")
+            params.extend(int(s) for s in page.states)
+        if page.after:
+            where.append("job_id < ?" if page.newest_first else "job_id > ?")
+            params.append(page.after)
+        sql = "SELECT * FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY job_id DESC" if page.newest_first else " ORDER BY job_id"
+        sql += " LIMIT ?"
+        params.append(page.size)
         with self._lock:
-            if owner is None:
-                rows = self._db.execute("SELECT * FROM jobs ORDER BY job_id").fetchall()
-            else:
-                rows = self._db.execute("SELECT * FROM jobs WHERE owner = ? ORDER BY job_id", (owner,)).fetchall()
+            rows = self._db.execute(sql, params).fetchall()
         return [_from_row(r) for r in rows]
+
+    def purge(self, older_than: float | None, keep: int | None, batch: int = 10_000) -> list[str]:
+        """Delete up to ``batch`` finished records: those that ended before ``older_than`` (Unix time) and those
+        beyond the ``keep`` most recent finished ones. Returns their ids (call again while it returns some)."""
+        finished = int(State.RUNNING)
+        ids: list[str] = []
+        with self._lock:
+            if older_than is not None:
+                ids += [r[0] for r in self._db.execute(
+                    "SELECT job_id FROM jobs WHERE state != ? AND end_time < ? LIMIT ?", (finished, older_than, batch)
+                )]
+            if keep is not None and len(ids) < batch:
+                ids += [r[0] for r in self._db.execute(
+                    "SELECT job_id FROM jobs WHERE state != ? ORDER BY job_id DESC LIMIT ? OFFSET ?",
+                    (finished, batch - len(ids), keep),
+                )]
+            ids = sorted(set(ids))
+            if ids:
+                self._db.execute("BEGIN")
+                self._db.executemany("DELETE FROM jobs WHERE job_id = ?", [(i,) for i in ids])
+                self._db.execute("COMMIT")
+        return ids
 
     def running(self) -> list[JobRecord]:
         with self._lock:

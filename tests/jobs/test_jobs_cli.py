@@ -22,6 +22,15 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.Com
     return subprocess.run([PY, "-m", "grpc_helper.jobs", *args], env=env, capture_output=True, timeout=timeout)
 
 
+def _keep_ca_key_away(tls_dir: Path) -> None:
+    """Where `certs init` keeps the CA key (out of the server's TLS directory), whatever its version."""
+    key = tls_dir / "ca.key"
+    if key.exists():
+        away = tls_dir.with_name(tls_dir.name + "-ca")
+        away.mkdir(mode=0o700, exist_ok=True)
+        key.rename(away / "ca.key")
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.Popen[bytes]]]:
     """``certs init`` then ``serve`` on 127.0.0.1:0 with defaults from the environment, like a newcomer."""
@@ -29,6 +38,7 @@ def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.Popen[by
     init = subprocess.run([PY, "-m", "grpc_helper.certs", "init", "--client", "alice", "--admin", "root"],
                           env=env, capture_output=True, timeout=30)
     assert init.returncode == 0, init.stderr
+    _keep_ca_key_away(tmp_path / "tls")
     server = subprocess.Popen(
         [PY, "-m", "grpc_helper.jobs", "serve", "--endpoint", "127.0.0.1:0", "--state-dir", str(tmp_path / "state")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -155,9 +155,7 @@ def test_restart_keeps_finished_jobs_and_marks_running_ones_lost(jobs_env):
     child_inside = int(first_line(jobs, running.job_id))
     [child] = _alive_with_args("sleep", mark)
     # Simulate a crash: the manager never stops the job; recovery must find and kill it.
-    manager = env.server.descriptors[1].manager
-    with manager.lock:
-        manager._live.clear()
+    env.server.manager._live.clear()
     env = env.restart()
     jobs = env.jobs("alice")
     lost = status(jobs, running.job_id)

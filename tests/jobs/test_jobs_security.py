@@ -12,7 +12,6 @@ from cryptography import x509
 
 from grpc_helper import ResultCode, RpcException
 from grpc_helper import certs as tls
-from grpc_helper.jobs import descriptor
 from grpc_helper.jobs.api import jobs_pb2
 
 from .jobs_helpers import PY, STUBS, collect, first_line, run, status
@@ -76,8 +75,8 @@ def test_tls_versions_below_1_2_are_refused(jobs_env, tls_dir: Path):
                     ctx.wrap_socket(sock, server_hostname="localhost").do_handshake()
 
 
-def test_plaintext_hosting_refuses_every_call(tmp_path: Path, rpc_server_factory, rpc_client_factory):
-    server = rpc_server_factory([descriptor(tmp_path / "state")])
+def test_plaintext_hosting_refuses_every_call(tmp_path: Path, jobs_server, rpc_client_factory):
+    server = jobs_server(tmp_path / "state", plaintext=True)
     jobs = rpc_client_factory(server, stubs=STUBS, timeout=5).jobs
     for call in (lambda: jobs.List(jobs_pb2.ListRequest()), lambda: list(jobs.Logs(jobs_pb2.LogsRequest(job_id="x")))):
         with pytest.raises(RpcException) as info:

@@ -1,0 +1,155 @@
+"""``python -m grpc_helper.jobs serve``: the job runner on the asyncio server (mTLS), until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from grpc_helper import AsyncRpcServer, RpcException
+from grpc_helper import certs as tls
+from grpc_helper.jobs import default_state_dir, descriptor
+from grpc_helper.jobs.cli import EXIT_DENIED, EXIT_OK, EXIT_PRECONDITION, CliError, parse_endpoint
+from grpc_helper.jobs.limits import (
+    DEFAULT_MAX_LOG_BYTES,
+    DEFAULT_MAX_RUNNING,
+    DEFAULT_MAX_RUNNING_PER_OWNER,
+    DEFAULT_MIN_FREE_BYTES,
+    JobsLimits,
+    parse_keep,
+    parse_size,
+)
+
+CA_KEY = "ca.key"
+
+
+def ca_key_beside(tls_dir: Path, *files: Path | None) -> Path | None:
+    """The CA private key when it sits (readable) in a directory the server reads its credentials from."""
+    for directory in dict.fromkeys([tls_dir, *(f.parent for f in files if f is not None)]):
+        key = directory / CA_KEY
+        if key.exists() and os.access(key, os.R_OK):
+            return key
+    return None
+
+
+def bind_host(host: str) -> str:
+    """The host as gRPC binds it: IPv6 literals in brackets (``::1`` -> ``[::1]``)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _count_arg(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0 (0: no limit), not {text[:40]!r}")
+    return int(text)
+
+
+def _keep_arg(text: str) -> tuple[float | None, int | None]:
+    try:
+        return parse_keep(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("serve", parents=[common], help="run the job runner server (mTLS, asyncio)")
+    s.add_argument("--state-dir", default=str(default_state_dir()), help="records and logs (default %(default)s)")
+    s.add_argument("--admin", action="append", default=[], help="admin identity (also read from TLS_DIR/admins)")
+    s.add_argument("--no-cgroups", action="store_true", help="never use cgroups (jobs with limits are refused)")
+    s.add_argument("--grace", type=float, default=5.0, help="SIGTERM->SIGKILL delay for jobs at shutdown")
+    s.add_argument("--max-running", type=_count_arg, default=DEFAULT_MAX_RUNNING,
+                   help="running jobs on the server at once (default %(default)s)")
+    s.add_argument("--max-running-per-client", type=_count_arg, default=DEFAULT_MAX_RUNNING_PER_OWNER,
+                   help="running jobs of one client at once (default %(default)s)")
+    s.add_argument("--max-log", type=_size_arg, default=DEFAULT_MAX_LOG_BYTES,
+                   help="output kept per job; a job writing more is killed (default 1G; 0: no limit)")
+    s.add_argument("--min-free", type=_size_arg, default=DEFAULT_MIN_FREE_BYTES,
+                   help="Run is refused below this much free space for the state directory (default 64M)")
+    s.add_argument("--keep", type=_keep_arg, action="append", default=[], metavar="AGE|COUNT",
+                   help="purge finished jobs older than AGE (30d, 12h) or beyond the COUNT most recent; "
+                        "repeatable; 'forever' keeps them all (default 30d)")
+    s.add_argument("--allow-ca-key", action="store_true",
+                   help="serve even though the CA private key sits beside the server's credentials (unsafe)")
+    s.set_defaults(func=cmd_serve)
+
+
+def _limits(args: argparse.Namespace) -> JobsLimits:
+    keep_age: float | None = JobsLimits.keep_age
+    keep_count: int | None = None
+    if args.keep:
+        keep_age = None
+        for age, count in args.keep:
+            keep_age = age if age is not None else keep_age
+            keep_count = count if count is not None else keep_count
+    return JobsLimits(
+        max_running=args.max_running, max_running_per_owner=args.max_running_per_client,
+        max_log_bytes=args.max_log, min_free_bytes=args.min_free, keep_age=keep_age, keep_count=keep_count,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = parse_endpoint(args.endpoint)
+    tls_dir = Path(args.tls_dir).expanduser()
+    key = ca_key_beside(tls_dir, args.cert, args.key, args.ca)
+    if key is not None:
+        why = (f"the CA private key {key} is readable beside the server's credentials: whoever reads it (a "
+               f"compromised server, a job escaping its sandbox) can mint any identity, admins included")
+        if not args.allow_ca_key:
+            raise CliError(f"{why}. Keep it out of the server's reach (`python -m grpc_helper.certs init "
+                           f"{tls_dir}` moves it to its CA directory), or pass --allow-ca-key", EXIT_DENIED)
+        print(f"WARNING: {why} (--allow-ca-key)", file=sys.stderr, flush=True)
+    try:
+        creds = tls.server_credentials(tls_dir, cert=args.cert, key=args.key, ca=args.ca)
+    except (OSError, tls.CertificateError) as e:
+        raise CliError(
+            f"cannot read TLS material: {e} (create it with: python -m grpc_helper.certs init {tls_dir})", EXIT_DENIED
+        ) from None
+    admins = set(args.admin) | tls.admins_of(tls_dir)
+    options = {"cgroups": not args.no_cgroups, "stop_grace": args.grace, "limits": _limits(args)}
+    server = AsyncRpcServer(
+        port, [descriptor(args.state_dir, admins, **options)], host=bind_host(host), credentials=creds
+    )
+    banner = (f"jobs: serving on {bind_host(host)}:{{port}} (mTLS, CA {args.ca or tls_dir / 'ca.pem'}), state in "
+              f"{Path(args.state_dir).expanduser()}, admins: {', '.join(sorted(admins)) or '-'}")
+    try:
+        asyncio.run(serve_until_signal(server, banner, grace=1.0))
+    except RpcException as e:
+        raise CliError(e.message, EXIT_PRECONDITION) from None
+    return EXIT_OK
+
+
+async def serve_until_signal(server: AsyncRpcServer, banner: str, grace: float) -> None:
+    """Start ``server``, print ``banner`` (``{port}`` filled in), serve until SIGINT/SIGTERM, then shut down
+    with ``grace`` (running jobs are stopped). A second signal during shutdown exits at once."""
+    await server.start()
+    print(banner.format(port=server.port), flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        logging.getLogger("grpc_helper.jobs").info("signal %d: shutting down (again to exit at once)", signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await stop.wait()
+    finally:
+        await server.shutdown(grace)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
