@@ -40,6 +40,7 @@ MIN_CHUNK = 16 << 10
 MAX_CHUNK = 1 << 20
 PAGE_BYTES = 3 << 20  # a List page ends before this many bytes (gRPC's default message limit is 4 MiB)
 PURGE_INTERVAL = 600.0
+RESERVE_BYTES = 1 << 20  # room kept for job records when job output fills the disk
 _END_MARGIN = 15.0  # after SIGKILL: the pump's drain timeout and the record's write
 _EXHAUSTED = (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE)
 
@@ -114,11 +115,17 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
             self.state.acquire()
         except StateDirBusy as e:
             raise RpcException(str(e), ResultCode.ERROR_STATE_UNEXPECTED) from None
-        self._store = await self._in(self._db, JobStore, self.state_dir / "jobs.sqlite3")
-        enabled, parent, root = self._cgroup_options
-        self.cgroups = detect(root, parent, enabled)
-        self.logger.info("%s", self.cgroups.describe())
-        await self._in(self._db, recover, self._store, self.cgroups, self._boot_id, self.logger)
+        try:
+            self._store = await self._in(self._db, JobStore, self.state_dir / "jobs.sqlite3")
+            enabled, parent, root = self._cgroup_options
+            self.cgroups = detect(root, parent, enabled)
+            self.logger.info("%s", self.cgroups.describe())
+            await self._in(self._db, recover, self._store, self._put, self.cgroups, self._boot_id, self.logger)
+            if not await self._in(self._db, self.state.make_reserve, RESERVE_BYTES):
+                self.logger.warning("the state directory's file system is full: no room kept for job records")
+        except BaseException:
+            await self.shutdown()  # the server does not call it for a manager that failed to load
+            raise
         if self.limits.purges:
             self._purger = asyncio.create_task(self._purge_forever(), name="jobs-purge")
 
@@ -146,6 +153,8 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         await asyncio.gather(*(self._stop(job, self.stop_grace) for job in live))
         if live:
             self.logger.info("stopped %d running job(s) at shutdown", len(live))
+        if self._unsaved and self._store is not None:
+            await self._in(self._db, self._save_unsaved)
         store, self._store = self._store, None
         if store is not None:
             await self._in(self._db, store.close)
@@ -192,15 +201,34 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
     def _get(self, job_id: str) -> JobRecord | None:
         return self._unsaved.get(job_id) or self.store.get(job_id)
 
+    def _put(self, *records: JobRecord) -> None:
+        """Write records; when the file system is full, give the reserved room back and try again (StoreFull)."""
+        try:
+            self.store.put_many(list(records))
+        except StoreFull:
+            if not self.state.drop_reserve():
+                raise
+            self.logger.warning("the state directory's file system is full: using the room kept for job records")
+            self.store.put_many(list(records))
+
     def _save(self, record: JobRecord) -> None:
         """Write a record (any thread); when the disk is full keep it in memory and retry with the next write."""
         with self._save_lock:
             pending = {**self._unsaved, record.job_id: record}
             try:
-                self.store.put_many(list(pending.values()))
+                self._put(*pending.values())
             except StoreFull:
                 self._unsaved[record.job_id] = record
                 self.logger.warning("disk full: record of job %s kept in memory until there is space", record.job_id)
+                return
+            self._unsaved.clear()
+
+    def _save_unsaved(self) -> None:
+        with self._save_lock:
+            try:
+                self._put(*self._unsaved.values())
+            except StoreFull:
+                self.logger.error("disk full: %d job record(s) lost (they will show as LOST)", len(self._unsaved))
                 return
             self._unsaved.clear()
 
@@ -324,7 +352,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
     def _kill_for(self, live: _Live, reason: StopReason, message: str) -> None:
         if live.proc is None or live.stop_reason:
             return
-        live.stop_reason, live.error = reason, f"{message}: the job was killed"
+        live.stop_reason, live.error = reason, message
         live.proc.signal(signal.SIGKILL)
         self.logger.warning("job %s of %s killed: %s", live.record.job_id, live.record.owner, message)
 

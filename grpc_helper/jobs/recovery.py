@@ -6,17 +6,20 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import psutil
 
 from grpc_helper.jobs.cgroups import CgroupSupport
 from grpc_helper.jobs.process import signal_group
-from grpc_helper.jobs.store import JobStore, State, StopReason
+from grpc_helper.jobs.store import JobRecord, JobStore, State, StopReason
 
 
-def recover(store: JobStore, cgroups: CgroupSupport, boot_id: str, logger: logging.Logger) -> int:
+def recover(
+    store: JobStore, save: Callable[[JobRecord], None], cgroups: CgroupSupport, boot_id: str, logger: logging.Logger
+) -> int:
     """Kill the leftovers of jobs recorded RUNNING (same boot only: after a reboot pids and cgroups are someone
-    else's) and record them LOST. Only safe while holding the state directory's lock. Returns their count."""
+    else's) and ``save`` them LOST. Only safe while holding the state directory's lock. Returns their count."""
     lost = store.running()
     for rec in lost:
         victims: set[int] = set()
@@ -28,7 +31,7 @@ def recover(store: JobStore, cgroups: CgroupSupport, boot_id: str, logger: loggi
             if cg is not None:
                 cg.kill_all()
                 cg.remove()
-        store.put(
+        save(
             rec.update(
                 state=State.LOST, stopped_by=StopReason.SERVER, end_time=time.time(),
                 error=f"the server stopped while the job was running ({len(victims)} process(es) killed at restart)",

@@ -3,6 +3,9 @@
 A second server on the same directory would take the first one's running jobs for leftovers of a crash and
 kill them; :meth:`StateDir.acquire` refuses instead, naming the holder's pid. The lock is an ``flock`` on
 ``STATE_DIR/lock``: the kernel releases it when the holder dies, so a crash never leaves a stale lock behind.
+
+``STATE_DIR/reserve`` is ballast: space set aside while there is some, given back when the file system is
+full so that job records (their final status above all) can still be written.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 from pathlib import Path
 
 LOCK_NAME = "lock"
+RESERVE_NAME = "reserve"
 
 
 class StateDirBusy(Exception):
@@ -63,6 +67,27 @@ class StateDir:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+    def make_reserve(self, size: int) -> bool:
+        """Set ``size`` bytes aside (False when there is not enough space)."""
+        path = self.path / RESERVE_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            return False
+        os.close(fd)
+        return True
+
+    def drop_reserve(self) -> bool:
+        """Give the reserved space back (False when there was none left)."""
+        try:
+            (self.path / RESERVE_NAME).unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def free_bytes(self) -> int:
         """Space left for unprivileged writers on the directory's file system."""

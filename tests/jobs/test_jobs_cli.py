@@ -100,3 +100,100 @@ def test_cli_helpers():
     assert cli.parse_endpoint("[::1]:50051") == ("::1", 50051)
     with pytest.raises(cli.CliError):
         cli.parse_endpoint("nope")
+
+
+def _serve(env: dict[str, str], state: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([PY, "-m", "grpc_helper.jobs", "serve", "--state-dir", str(state), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _banner_port(server: subprocess.Popen[bytes], host: str) -> int:
+    assert server.stdout is not None
+    line = server.stdout.readline().decode()
+    port = re.search(rf"serving on {re.escape(host)}:(\d+)", line)
+    assert port, line
+    return int(port.group(1))
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+    server.wait(30)
+
+
+def test_cli_options_out_of_range_are_one_line_errors(served):
+    env, _ = served
+    for args in (["--pids", "-1"], ["--pids", "4294967296"], ["--memory", "99999999T"], ["--cpus", "nan"],
+                 ["--cpus", "-1"], ["--io-read", "lots"], ["--timeout", "0"]):
+        r = _cli("run", *args, "--", "true", env=env)
+        assert r.returncode == cli.EXIT_USAGE, (args, r.stderr)
+        assert r.stderr.count(b"\n") == 1 and b"Traceback" not in r.stderr, (args, r.stderr)
+    for args in (["kill", "--grace", "inf", "x"], ["ps", "--limit", "0"], ["ps", "--state", "nope"]):
+        r = _cli(*args, env=env)
+        assert r.returncode == cli.EXIT_USAGE and r.stderr.count(b"\n") == 1, (args, r.stderr)
+
+
+def test_cli_ps_pages_filters_and_shows_the_most_recent(served):
+    env, _ = served
+    ids = [_cli("run", "--", "true", env=env).stdout.decode().strip() for _ in range(5)]
+    sleeper = _cli("run", "--", "sleep", "60", env=env).stdout.decode().strip()
+    recent = _cli("ps", "--limit", "2", "--json", env=env)
+    assert [j["job_id"] for j in json.loads(recent.stdout)] == [ids[-1], sleeper]
+    assert b"--all" in recent.stderr  # says that there is more
+    everything = json.loads(_cli("ps", "--all", "--json", env=env).stdout)
+    assert [j["job_id"] for j in everything] == [*ids, sleeper]
+    running = json.loads(_cli("ps", "--state", "running", "--json", env=env).stdout)
+    assert [j["job_id"] for j in running] == [sleeper]
+    denied = _cli("ps", "--owner", "root", env=env)
+    assert denied.returncode == cli.EXIT_DENIED and denied.stderr.count(b"\n") == 1
+    admin = json.loads(_cli("ps", "--owner", "alice", "--name", "root", "--json", env=env).stdout)
+    assert len(admin) == 6
+
+
+def test_second_serve_on_the_same_state_dir_is_refused_naming_the_first(served, tmp_path: Path):
+    env, first = served
+    second = _serve(env, tmp_path / "state", "--endpoint", "127.0.0.1:0")
+    assert second.wait(30) == cli.EXIT_PRECONDITION
+    assert second.stderr is not None
+    err = second.stderr.read().decode()
+    assert f"in use by another jobs server (pid {first.pid})" in err and "Traceback" not in err
+    assert first.poll() is None
+
+
+def test_serve_refuses_a_readable_ca_key_beside_its_credentials(tmp_path: Path):
+    env = {**os.environ, "GRPC_HELPER_TLS_DIR": str(tmp_path / "tls")}
+    from grpc_helper import certs as tls
+
+    tls.init(tmp_path / "tls", ["alice"])
+    key = tmp_path / "tls" / "ca.key"
+    if not key.exists():  # `certs init` keeps it elsewhere: put one where it must not be
+        key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    refused = _serve(env, tmp_path / "state", "--endpoint", "127.0.0.1:0")
+    assert refused.wait(30) == cli.EXIT_DENIED
+    assert refused.stderr is not None
+    err = refused.stderr.read().decode()
+    assert str(key) in err and "mint" in err and err.count("\n") == 1
+    forced = _serve(env, tmp_path / "state", "--endpoint", "127.0.0.1:0", "--allow-ca-key")
+    try:
+        _banner_port(forced, "127.0.0.1")
+    finally:
+        _stop(forced)
+    assert forced.stderr is not None and b"WARNING" in forced.stderr.read()
+
+
+def test_serve_binds_ipv6_literals(tmp_path: Path):
+    env = {**os.environ, "GRPC_HELPER_TLS_DIR": str(tmp_path / "tls"), "GRPC_HELPER_CLIENT": "alice"}
+    from grpc_helper import certs as tls
+
+    tls.init(tmp_path / "tls", ["alice"])
+    _keep_ca_key_away(tmp_path / "tls")
+    for host in ("[::1]", "[::]"):
+        server = _serve(env, tmp_path / f"state{len(host)}", "--endpoint", f"{host}:0")
+        try:
+            port = _banner_port(server, host)
+            r = _cli("run", "--endpoint", f"[::1]:{port}", "--", "echo", "v6", env=env)
+            assert r.returncode == 0, r.stderr
+            logs = _cli("logs", "-f", "--endpoint", f"[::1]:{port}", r.stdout.decode().strip(), env=env)
+            assert logs.stdout == b"v6\n"
+        finally:
+            _stop(server)
