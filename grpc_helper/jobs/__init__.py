@@ -32,16 +32,18 @@ def default_state_dir() -> Path:
 def descriptor(state_dir: Path | str, admins: Iterable[str] = (), **options: Any) -> RpcServiceDescriptor:
     """The Jobs service, ready for ``AsyncRpcServer(port, [descriptor(...)], credentials=<mTLS>)``.
 
-    ``state_dir`` holds the SQLite records and log files (one server at a time: it is locked while served);
-    ``admins`` are certificate common names that see every job, beside the server's own admins. ``options`` go
+    ``state_dir`` holds the SQLite records and log files (one server at a time: it is locked while served).
+    The server's ``admins`` see every job; ``admins`` adds certificate common names that do, for this service
+    only. ``options`` go
     to :class:`grpc_helper.jobs.manager.JobsManager` (``cgroups``, ``cgroup_parent``, ``stop_grace``, and
     ``limits=JobsLimits(...)`` or its fields: ``max_running``, ``max_running_per_owner``, ``max_log_bytes``,
-    ``min_free_bytes``, ``keep_age``, ``keep_count``). Calls without a verified client certificate are
-    refused, so the service stays safe on a plaintext server (it is just unusable there). The manager is an
+    ``min_free_bytes``, ``keep_age``, ``keep_count``). Every method requires ``Access.AUTHENTICATED``: calls
+    without a verified client certificate are refused, so the service stays safe on a plaintext server (it is
+    just unusable there). The manager is an
     ``AsyncRpcManager``: it needs an asyncio server.
     """
     import grpc_helper.jobs as package
-    from grpc_helper import RpcServiceDescriptor
+    from grpc_helper import Access, RpcServiceDescriptor
     from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
     from grpc_helper.jobs.manager import JobsManager
 
@@ -52,4 +54,5 @@ def descriptor(state_dir: Path | str, admins: Iterable[str] = (), **options: Any
         JobsManager(state_dir, admins, **options),
         jobs_pb2_grpc.add_JobsServicer_to_server,
         jobs_pb2_grpc.JobsStub,
+        access=Access.AUTHENTICATED,
     )

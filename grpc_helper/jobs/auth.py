@@ -1,17 +1,21 @@
-"""Who is calling and which jobs they may see: the owner-or-admin rule."""
+"""Who is calling and which jobs they may see: the owner-or-admin rule, on the core's identity model.
+
+The service's descriptor requires ``Access.AUTHENTICATED`` (the server refuses calls without a verified client
+certificate before the manager runs); inside a call :func:`grpc_helper.current_identity` names the caller.
+A client sees, stops and reads only its own jobs; admins (the server's ``admins``, plus any given to the
+service) see every job.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from grpc_helper import ResultCode, RpcException
+from grpc_helper import ResultCode, RpcException, current_identity
 
 
 @dataclass(frozen=True)
 class Caller:
-    """The verified client of a call: its certificate's common name, and whether it is an admin."""
+    """The verified client of a call: its certificate's common name, and whether it is an admin here."""
 
     name: str
     admin: bool
@@ -21,20 +25,13 @@ class Caller:
         return self.admin or self.name == owner
 
 
-def caller(context: Any, admins: frozenset[str]) -> Caller:
-    """The caller of the call being served; UNAUTHENTICATED without a verified client certificate.
-
-    TODO(core identity API): replace with ``grpc_helper.current_identity()`` once it is on main.
-    """
-    auth: Mapping[str, Any] = context.auth_context()
-    names: list[bytes] = list(auth.get("x509_common_name") or [])
-    if list(auth.get("transport_security_type") or []) != [b"ssl"] or len(names) != 1 or not names[0]:
+def caller(admins: frozenset[str] = frozenset()) -> Caller:
+    """The caller of the call being served; UNAUTHENTICATED without a verified client certificate (the
+    descriptor's access rule refuses those already: this is the manager's own guard)."""
+    who = current_identity()
+    if who is None:
         raise RpcException(
             "the jobs service requires a client certificate (mutual TLS) signed by the server's CA",
             ResultCode.ERROR_UNAUTHENTICATED,
         )
-    try:
-        name = names[0].decode()
-    except UnicodeDecodeError:
-        raise RpcException("client certificate common name is not UTF-8", ResultCode.ERROR_UNAUTHENTICATED) from None
-    return Caller(name, name in admins)
+    return Caller(who.name, who.admin or who.name in admins)

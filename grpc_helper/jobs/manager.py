@@ -195,8 +195,8 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
     async def _in(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    def _caller(self, context: Any) -> Caller:
-        return caller(context, self.admins)
+    def _caller(self) -> Caller:
+        return caller(self.admins)
 
     def _get(self, job_id: str) -> JobRecord | None:
         return self._unsaved.get(job_id) or self.store.get(job_id)
@@ -232,9 +232,9 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
                 return
             self._unsaved.clear()
 
-    async def _find(self, context: Any, job_id: str) -> tuple[Caller, JobRecord]:
+    async def _find(self, job_id: str) -> tuple[Caller, JobRecord]:
         """The caller and the job it asks for; NOT_FOUND also for jobs of others (existence is not leaked)."""
-        who = self._caller(context)
+        who = self._caller()
         canonical = requests.job_id(job_id)
         live = self._live.get(canonical)
         rec = live.record if live is not None else await self._in(self._db, self._get, canonical)
@@ -402,7 +402,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
     # --- service methods ----------------------------------------------------------------------------------
 
     async def Run(self, request: jobs_pb2.RunRequest, context: Any) -> jobs_pb2.JobStatus:
-        who = self._caller(context)
+        who = self._caller()
         argv, env, cwd = requests.command(request)
         limits = requests.limits(request.limits)
         if self._closing:
@@ -418,7 +418,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         return requests.to_proto(live.record)
 
     async def Stop(self, request: jobs_pb2.StopRequest, context: Any) -> jobs_pb2.StopResponse:
-        _, rec = await self._find(context, request.job_id)
+        _, rec = await self._find(request.job_id)
         grace = requests.grace(request)
         live = self._live.get(rec.job_id)
         if live is None:
@@ -429,11 +429,11 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         return jobs_pb2.StopResponse(stopped=stopped, status=requests.to_proto(live.record))
 
     async def Status(self, request: jobs_pb2.JobRequest, context: Any) -> jobs_pb2.JobStatus:
-        _, rec = await self._find(context, request.job_id)
+        _, rec = await self._find(request.job_id)
         return requests.to_proto(rec)
 
     async def List(self, request: jobs_pb2.ListRequest, context: Any) -> jobs_pb2.ListResponse:
-        who = self._caller(context)
+        who = self._caller()
         page = requests.page(request, who.name, who.admin)
         records = await self._in(self._db, self._page, page)
         answer = jobs_pb2.ListResponse()
@@ -456,7 +456,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         return [self._unsaved.get(r.job_id, r) for r in records]
 
     async def Logs(self, request: jobs_pb2.LogsRequest, context: Any) -> AsyncIterator[jobs_pb2.LogChunk]:
-        _, rec = await self._find(context, request.job_id)
+        _, rec = await self._find(request.job_id)
         live = self._live.get(rec.job_id)
         log = live.log if live is not None and live.log is not None else JobLog.open(self.logs_dir, rec.job_id)
 

@@ -83,7 +83,7 @@ def jobs_server(jobs_loop: LoopThread, tls_dir: Path, rpc_dump_folder: Path) -> 
             "credentials": tls.server_credentials(tls_dir), "client_credentials": tls.channel_credentials(tls_dir, "root")
         }
         aio = AsyncRpcServer(
-            0, [descriptor(state_dir, ["root"], **options)], host="127.0.0.1", dump_folder=rpc_dump_folder,
+            0, [descriptor(state_dir, **options)], host="127.0.0.1", dump_folder=rpc_dump_folder, admins=["root"],
             **credentials, **(server_options or {}),
         )
         server = JobsServer(jobs_loop, aio)

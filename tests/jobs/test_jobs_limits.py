@@ -125,7 +125,7 @@ def test_waiting_followers_hold_no_thread(jobs_env):
     followers = [env.jobs("alice").Logs(jobs_pb2.LogsRequest(job_id=st.job_id, follow=True), timeout=None)
                  for _ in range(4)]
     streams = [f for f in followers for _ in range(1)]
-    many = [jobs.Logs(jobs_pb2.LogsRequest(job_id=st.job_id, follow=True), timeout=None) for _ in range(150)]
+    many = [jobs.Logs(jobs_pb2.LogsRequest(job_id=st.job_id, follow=True), timeout=None) for _ in range(100)]
     for f in [*streams, *many]:
         assert next(f).data == b"ready\n"  # each is attached and now waits for more output
     assert threading.active_count() - before < 10  # server and client threads together: not one per stream

@@ -111,3 +111,24 @@ def test_clients_only_see_their_own_jobs_admins_see_all(jobs_env):
     stopped = root.Stop(jobs_pb2.StopRequest(job_id=a.job_id, grace_seconds=5))
     assert stopped.stopped and stopped.status.state == jobs_pb2.JOB_KILLED
     assert stopped.status.stopped_by == jobs_pb2.STOP_USER and stopped.status.signal == 15
+
+
+def test_one_client_past_its_stream_quota_is_refused_while_others_are_served(jobs_env):
+    from grpc_helper import CallLimits
+
+    env = jobs_env(server_options={"limits": CallLimits(max_calls=20, max_streams=5)})
+    alice, bob = env.jobs("alice"), env.jobs("bob")
+    st = run(alice, PY, "-c", "print('ready', flush=True); import time; time.sleep(60)")
+    followers = [alice.Logs(jobs_pb2.LogsRequest(job_id=st.job_id, follow=True), timeout=None) for _ in range(5)]
+    for f in followers:
+        assert next(f).data == b"ready\n"  # five live streams held by alice
+    with pytest.raises(RpcException) as info:
+        next(alice.Logs(jobs_pb2.LogsRequest(job_id=st.job_id, follow=True), timeout=5))
+    assert info.value.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status(alice, st.job_id).state == jobs_pb2.JOB_RUNNING  # her unary calls still answer
+    mine = run(bob, "echo", "bob")  # and bob is served: unary calls and streams
+    assert collect(bob, mine.job_id) == {jobs_pb2.STDOUT: b"bob\n", jobs_pb2.STDERR: b""}
+    alice.Stop(jobs_pb2.StopRequest(job_id=st.job_id, grace_seconds=1))
+    for f in followers:
+        assert list(f) == []  # they end with the job
+    assert collect(alice, st.job_id)[jobs_pb2.STDOUT] == b"ready\n"  # her quota is back once they ended
