@@ -5,63 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
-import grpc
 from google.protobuf import json_format
 
-from grpc_helper import ResultCode, RpcClient, RpcException
-from grpc_helper import certs as tls
-from grpc_helper._cli.parser import add_version
+from grpc_helper import RpcClient
+from grpc_helper._cli.endpoint import Endpoint
+from grpc_helper._cli.exits import CliError, ExitCode, run
+from grpc_helper._cli.parser import add_endpoint, add_version
+from grpc_helper._cli.tls import add_client_tls_options, client_credentials
 from grpc_helper.jobs import limits as jobs_limits
 from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
 
-DEFAULT_ENDPOINT = "localhost:50051"
-
-# Exit codes: distinct per failure kind so that scripts can tell them apart.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2  # argparse
-EXIT_FAILED_TO_START = 3
-EXIT_NOT_FOUND = 4
-EXIT_DENIED = 5
-EXIT_UNAVAILABLE = 6
-EXIT_INVALID = 7
-EXIT_PRECONDITION = 8
-_EXIT_BY_RC: dict[int, int] = {
-    ResultCode.ERROR_ITEM_UNKNOWN: EXIT_NOT_FOUND,
-    ResultCode.ERROR_PERMISSION_DENIED: EXIT_DENIED,
-    ResultCode.ERROR_UNAUTHENTICATED: EXIT_DENIED,
-    ResultCode.ERROR_RPC: EXIT_UNAVAILABLE,
-    ResultCode.ERROR_DEADLINE: EXIT_UNAVAILABLE,
-    ResultCode.ERROR_PARAM_INVALID: EXIT_INVALID,
-    ResultCode.ERROR_PARAM_MISSING: EXIT_INVALID,
-    ResultCode.ERROR_STATE_UNEXPECTED: EXIT_PRECONDITION,
-    ResultCode.ERROR_API_CLIENT_TOO_OLD: EXIT_PRECONDITION,
-    ResultCode.ERROR_API_SERVER_TOO_OLD: EXIT_PRECONDITION,
-    ResultCode.ERROR_RESOURCE_EXHAUSTED: EXIT_UNAVAILABLE,
-}
+DEFAULT_HOST = "localhost"
+ENDPOINT_ENV = "GRPC_HELPER_JOBS_ENDPOINT"
 _STATE_NAMES = {v: k.removeprefix("JOB_") for k, v in jobs_pb2.JobState.items()}
 _REASON_NAMES = {v: k.removeprefix("STOP_").lower() for k, v in jobs_pb2.StopReason.items()}
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (``error: ...``), exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see --help)\n")
+        self.exit(ExitCode.USAGE, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def parse_size(text: str) -> int:
@@ -114,13 +84,6 @@ def _state(text: str) -> int:
     return int(value.number)
 
 
-def parse_endpoint(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535 or not host.strip("[]"):
-        raise CliError(f"invalid endpoint {text!r}: expected HOST:PORT", EXIT_USAGE)
-    return host.strip("[]"), int(port)
-
-
 def describe(st: jobs_pb2.JobStatus) -> str:
     """``EXITED code=0``, ``KILLED signal=9 by oom``, ``FAILED_TO_START: exec: ...``."""
     text = _STATE_NAMES.get(st.state, str(st.state))
@@ -158,22 +121,11 @@ def ps_table(jobs: Sequence[jobs_pb2.JobStatus]) -> str:
 # --- client side -----------------------------------------------------------------------------------------
 
 
-def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials:
-    try:
-        return tls.channel_credentials(
-            args.tls_dir, args.name, cert=args.cert, key=args.key, ca=args.ca
-        )
-    except (OSError, tls.CertificateError) as e:
-        raise CliError(
-            f"cannot read TLS material: {e} (create it with: python -m grpc_helper.certs init {args.tls_dir} "
-            f"--client {args.name or tls.default_client()}; or pass --cert/--key/--ca)", EXIT_DENIED
-        ) from None
-
-
 def _client(args: argparse.Namespace) -> RpcClient:
-    host, port = parse_endpoint(args.endpoint)
+    endpoint: Endpoint = args.endpoint
     stubs = {"jobs": (jobs_pb2_grpc.JobsStub, jobs_pb2.JOBS_API_CURRENT)}
-    return RpcClient(host, port, stubs, credentials=_credentials(args), timeout=args.timeout, name="jobs-cli")
+    credentials = client_credentials(args)
+    return RpcClient(endpoint.host, endpoint.port, stubs, credentials=credentials, timeout=args.timeout, name="jobs-cli")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -182,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep:
-            raise CliError(f"invalid --env {item!r}: expected NAME=VALUE", EXIT_USAGE)
+            raise CliError(f"invalid --env {item[:80]!r}: expected NAME=VALUE", ExitCode.USAGE)
         env[key] = value
     try:
         limits = jobs_pb2.Limits(
@@ -190,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             pids=args.pids,
         )
     except (ValueError, TypeError) as e:  # out of a proto field's range
-        raise CliError(f"invalid limit: {e}", EXIT_INVALID) from None
+        raise CliError(f"invalid limit: {e}", ExitCode.USAGE) from None
     with _client(args) as client:
         st = client.jobs.Run(jobs_pb2.RunRequest(command=command, env=env, cwd=args.cwd, limits=limits))
     if args.json:
@@ -199,8 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(st.job_id)
     if st.state == jobs_pb2.JOB_FAILED_TO_START:
         print(f"error: job failed to start: {st.error}", file=sys.stderr)
-        return EXIT_FAILED_TO_START
-    return EXIT_OK
+        return ExitCode.TASK_FAILED
+    return ExitCode.OK
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -210,7 +162,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             out = outs.get(chunk.stream, sys.stdout.buffer)
             out.write(chunk.data)
             out.flush()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def list_pages(
@@ -256,7 +208,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(ps_table(jobs))
     if more:
         print(f"(the {args.limit} most recent shown; --limit N or --all for more)", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
@@ -271,28 +223,22 @@ def cmd_kill(args: argparse.Namespace) -> int:
         print(describe(answer.status))
     else:
         print(f"job already ended: {describe(answer.status)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "python -m grpc_helper.jobs") -> argparse.ArgumentParser:
     from grpc_helper.jobs import serve
 
     common = _Parser(add_help=False)
-    common.add_argument("--endpoint", default=os.environ.get("GRPC_HELPER_JOBS_ENDPOINT", DEFAULT_ENDPOINT),
-                        help=f"server HOST:PORT (default {DEFAULT_ENDPOINT}, or $GRPC_HELPER_JOBS_ENDPOINT)")
-    common.add_argument("--tls-dir", default=str(tls.default_dir()),
-                        help="TLS directory from `python -m grpc_helper.certs init` (default %(default)s)")
-    common.add_argument("--name", default=None, help="client identity in the TLS directory (default: login name)")
-    common.add_argument("--cert", type=Path, help="certificate file (overrides the TLS directory)")
-    common.add_argument("--key", type=Path, help="private key file (overrides the TLS directory)")
-    common.add_argument("--ca", type=Path, help="CA certificate file (overrides the TLS directory)")
+    add_endpoint(common, default_host=DEFAULT_HOST, env=ENDPOINT_ENV)
+    add_client_tls_options(common, tls_default=True)
     common.add_argument("--timeout", type=_positive, default=10.0, help="seconds to reach the server (default 10)")
     common.add_argument("--json", action="store_true", help="structured output")
 
-    p = _Parser(prog="python -m grpc_helper.jobs", description=__doc__)
+    p = _Parser(prog=prog, description=__doc__)
     add_version(p)
     sub = p.add_subparsers(dest="cmd", required=True)
-    serve.add_parser(sub, common)
+    serve.add_parser(sub)
     r = sub.add_parser("run", parents=[common], help="start a job, print its id")
     r.add_argument("--cwd", default="", help="absolute working directory (default /)")
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable")
@@ -322,17 +268,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
-    except RpcException as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return _EXIT_BY_RC.get(e.rc, EXIT_ERROR)
-    except BrokenPipeError:
-        return EXIT_OK  # `logs | head`: the reader went away
-    except KeyboardInterrupt:
-        return 130
+def main(argv: Sequence[str] | None = None, prog: str = "python -m grpc_helper.jobs") -> int:
+    args = parser(prog).parse_args(argv)
+    return run(lambda: args.func(args))

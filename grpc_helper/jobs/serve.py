@@ -6,15 +6,16 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from grpc_helper import AsyncRpcServer, RpcException
+from grpc_helper import AsyncRpcServer, CallLimits
 from grpc_helper import certs as tls
+from grpc_helper._cli.exits import CliError, ExitCode
+from grpc_helper._cli.parser import add_endpoint
+from grpc_helper._cli.tls import add_server_tls_options, server_credentials, tls_dir
 from grpc_helper.jobs import default_state_dir, descriptor
-from grpc_helper.jobs.cli import EXIT_DENIED, EXIT_OK, EXIT_PRECONDITION, CliError, parse_endpoint
 from grpc_helper.jobs.limits import (
     DEFAULT_MAX_LOG_BYTES,
     DEFAULT_MAX_RUNNING,
@@ -62,8 +63,16 @@ def _keep_arg(text: str) -> tuple[float | None, int | None]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("serve", parents=[common], help="run the job runner server (mTLS, asyncio)")
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text[:40]!r}")
+    return int(text)
+
+
+def add_parser(sub: Any) -> None:
+    s = sub.add_parser("serve", help="run the job runner server (mTLS, asyncio)")
+    add_endpoint(s, default_host="localhost")
+    add_server_tls_options(s, tls_default=True)
     s.add_argument("--state-dir", default=str(default_state_dir()), help="records and logs (default %(default)s)")
     s.add_argument("--admin", action="append", default=[], help="admin identity (also read from TLS_DIR/admins)")
     s.add_argument("--no-cgroups", action="store_true", help="never use cgroups (jobs with limits are refused)")
@@ -79,6 +88,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--keep", type=_keep_arg, action="append", default=[], metavar="AGE|COUNT",
                    help="purge finished jobs older than AGE (30d, 12h) or beyond the COUNT most recent; "
                         "repeatable; 'forever' keeps them all (default 30d)")
+    defaults = CallLimits()
+    s.add_argument("--max-calls-per-client", type=_positive_int, default=defaults.max_calls,
+                   help="calls in flight per client, streams included (default %(default)s)")
+    s.add_argument("--max-streams-per-client", type=_positive_int, default=defaults.max_streams,
+                   help="log streams (any streaming call) in flight per client (default %(default)s)")
     s.add_argument("--allow-ca-key", action="store_true",
                    help="serve even though the CA private key sits beside the server's credentials (unsafe)")
     s.set_defaults(func=cmd_serve)
@@ -100,56 +114,34 @@ def _limits(args: argparse.Namespace) -> JobsLimits:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, port = parse_endpoint(args.endpoint)
-    tls_dir = Path(args.tls_dir).expanduser()
-    key = ca_key_beside(tls_dir, args.cert, args.key, args.ca)
+    if args.insecure:
+        raise CliError("the job runner needs mutual TLS (it would refuse every plaintext call): drop --insecure",
+                       ExitCode.USAGE)
+    directory = tls_dir(args)
+    key = ca_key_beside(directory, args.cert, args.key, args.ca)
     if key is not None:
         why = (f"the CA private key {key} is readable beside the server's credentials: whoever reads it (a "
                f"compromised server, a job escaping its sandbox) can mint any identity, admins included")
         if not args.allow_ca_key:
-            raise CliError(f"{why}. Keep it out of the server's reach (`python -m grpc_helper.certs init "
-                           f"{tls_dir}` moves it to its CA directory), or pass --allow-ca-key", EXIT_DENIED)
+            raise CliError(f"{why}. Keep it out of the server's reach (`grpc-helper certs init {directory}` moves "
+                           "it to its CA directory), or pass --allow-ca-key", ExitCode.CERTIFICATE)
         print(f"WARNING: {why} (--allow-ca-key)", file=sys.stderr, flush=True)
-    try:
-        creds = tls.server_credentials(tls_dir, cert=args.cert, key=args.key, ca=args.ca)
-    except (OSError, tls.CertificateError) as e:
-        raise CliError(
-            f"cannot read TLS material: {e} (create it with: python -m grpc_helper.certs init {tls_dir})", EXIT_DENIED
-        ) from None
-    admins = set(args.admin) | tls.admins_of(tls_dir)
+    credentials = server_credentials(args)
+    admins = set(args.admin) | tls.admins_of(directory)
     options = {"cgroups": not args.no_cgroups, "stop_grace": args.grace, "limits": _limits(args)}
+    calls = CallLimits(max_calls=args.max_calls_per_client, max_streams=args.max_streams_per_client)
     server = AsyncRpcServer(
-        port, [descriptor(args.state_dir, admins, **options)], host=bind_host(host), credentials=creds
+        args.endpoint.port, [descriptor(args.state_dir, **options)], host=bind_host(args.endpoint.host),
+        credentials=credentials, admins=admins, limits=calls,
     )
-    banner = (f"jobs: serving on {bind_host(host)}:{{port}} (mTLS, CA {args.ca or tls_dir / 'ca.pem'}), state in "
-              f"{Path(args.state_dir).expanduser()}, admins: {', '.join(sorted(admins)) or '-'}")
-    try:
-        asyncio.run(serve_until_signal(server, banner, grace=1.0))
-    except RpcException as e:
-        raise CliError(e.message, EXIT_PRECONDITION) from None
-    return EXIT_OK
+    banner = (f"jobs: serving on {bind_host(args.endpoint.host)}:{{port}} (mTLS, CA {args.ca or directory / 'ca.pem'}), "
+              f"state in {Path(args.state_dir).expanduser()}, admins: {', '.join(sorted(admins)) or '-'}")
+    asyncio.run(_serve(server, banner))  # a refused start (port busy, state dir in use) raises RpcException
+    return ExitCode.OK
 
 
-async def serve_until_signal(server: AsyncRpcServer, banner: str, grace: float) -> None:
-    """Start ``server``, print ``banner`` (``{port}`` filled in), serve until SIGINT/SIGTERM, then shut down
-    with ``grace`` (running jobs are stopped). A second signal during shutdown exits at once."""
+async def _serve(server: AsyncRpcServer, banner: str) -> None:
+    """Start, print the banner (``{port}`` filled in), serve until SIGINT/SIGTERM; running jobs are stopped then."""
     await server.start()
     print(banner.format(port=server.port), flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)
-        logging.getLogger("grpc_helper.jobs").info("signal %d: shutting down (again to exit at once)", signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        await stop.wait()
-    finally:
-        await server.shutdown(grace)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
+    await server.serve_forever(grace=1.0)

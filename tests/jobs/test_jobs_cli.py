@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from grpc_helper._cli.exits import ExitCode
 from grpc_helper.jobs import cli
 
 PY = sys.executable  # runs the CLI (jobs_helpers.PY is the interpreter for jobs)
@@ -79,16 +81,16 @@ def test_cli_end_to_end(served):
     assert len(admin) == 2
     # Errors: one line, distinct exit codes.
     missing = _cli("run", "--", "no-such-binary", env=env)
-    assert missing.returncode == cli.EXIT_FAILED_TO_START and b"No such file" in missing.stderr
+    assert missing.returncode == ExitCode.TASK_FAILED and b"No such file" in missing.stderr
     unknown = _cli("ps", "01a21033-8cba-714e-9532-9b3644660c61", env=env)
-    assert unknown.returncode == cli.EXIT_NOT_FOUND and unknown.stderr.count(b"\n") == 1
-    assert _cli("ps", "bad-id", env=env).returncode == cli.EXIT_INVALID
+    assert unknown.returncode == ExitCode.NOT_FOUND and unknown.stderr.count(b"\n") == 1
+    assert _cli("ps", "bad-id", env=env).returncode == ExitCode.INVALID
     refused = _cli("run", "--memory", "1k", "--", "true", env=env)
-    assert refused.returncode == cli.EXIT_INVALID
+    assert refused.returncode == ExitCode.INVALID
     nocert = _cli("ps", "--name", "nobody", env=env)
-    assert nocert.returncode == cli.EXIT_DENIED and b"certs init" in nocert.stderr
+    assert nocert.returncode == ExitCode.CERTIFICATE and b"nobody" in nocert.stderr
     down = _cli("ps", "--endpoint", "127.0.0.1:1", "--timeout", "0.5", env=env)
-    assert down.returncode == cli.EXIT_UNAVAILABLE
+    assert down.returncode == ExitCode.UNREACHABLE
     # SIGTERM: clean shutdown, running jobs stopped.
     r = _cli("run", "--", "sleep", "60", env=env)
     server.send_signal(signal.SIGTERM)
@@ -97,9 +99,8 @@ def test_cli_end_to_end(served):
 
 def test_cli_helpers():
     assert cli.parse_size("64M") == 64 << 20 and cli.parse_size("1.5k") == 1536 and cli.parse_size("10") == 10
-    assert cli.parse_endpoint("[::1]:50051") == ("::1", 50051)
-    with pytest.raises(cli.CliError):
-        cli.parse_endpoint("nope")
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.parse_size(f"{1 << 64}")
 
 
 def _serve(env: dict[str, str], state: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -121,16 +122,22 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
     server.wait(30)
 
 
-def test_cli_options_out_of_range_are_one_line_errors(served):
-    env, _ = served
-    for args in (["--pids", "-1"], ["--pids", "4294967296"], ["--memory", "99999999T"], ["--cpus", "nan"],
-                 ["--cpus", "-1"], ["--io-read", "lots"], ["--timeout", "0"]):
-        r = _cli("run", *args, "--", "true", env=env)
-        assert r.returncode == cli.EXIT_USAGE, (args, r.stderr)
-        assert r.stderr.count(b"\n") == 1 and b"Traceback" not in r.stderr, (args, r.stderr)
-    for args in (["kill", "--grace", "inf", "x"], ["ps", "--limit", "0"], ["ps", "--state", "nope"]):
-        r = _cli(*args, env=env)
-        assert r.returncode == cli.EXIT_USAGE and r.stderr.count(b"\n") == 1, (args, r.stderr)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--pids", "-1", "--", "true"], ["run", "--pids", "4294967296", "--", "true"],
+        ["run", "--memory", "99999999T", "--", "true"], ["run", "--cpus", "nan", "--", "true"],
+        ["run", "--cpus", "-1", "--", "true"], ["run", "--io-read", "lots", "--", "true"],
+        ["run", "--timeout", "0", "--", "true"], ["kill", "--grace", "inf", "x"], ["ps", "--limit", "0"],
+        ["ps", "--state", "nope"], ["ps", "--endpoint", "[::1:5"], ["serve", "--keep", "0d"],
+        ["serve", "--max-log", "-1"], ["serve", "--max-running", "1.5"],
+    ],
+)
+def test_cli_options_out_of_range_are_one_line_errors(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == ExitCode.USAGE and err.count("\n") == 1 and err.startswith("error:"), err
 
 
 def test_cli_ps_pages_filters_and_shows_the_most_recent(served):
@@ -145,7 +152,7 @@ def test_cli_ps_pages_filters_and_shows_the_most_recent(served):
     running = json.loads(_cli("ps", "--state", "running", "--json", env=env).stdout)
     assert [j["job_id"] for j in running] == [sleeper]
     denied = _cli("ps", "--owner", "root", env=env)
-    assert denied.returncode == cli.EXIT_DENIED and denied.stderr.count(b"\n") == 1
+    assert denied.returncode == ExitCode.DENIED and denied.stderr.count(b"\n") == 1
     admin = json.loads(_cli("ps", "--owner", "alice", "--name", "root", "--json", env=env).stdout)
     assert len(admin) == 6
 
@@ -153,7 +160,7 @@ def test_cli_ps_pages_filters_and_shows_the_most_recent(served):
 def test_second_serve_on_the_same_state_dir_is_refused_naming_the_first(served, tmp_path: Path):
     env, first = served
     second = _serve(env, tmp_path / "state", "--endpoint", "127.0.0.1:0")
-    assert second.wait(30) == cli.EXIT_PRECONDITION
+    assert second.wait(30) == ExitCode.CONFLICT
     assert second.stderr is not None
     err = second.stderr.read().decode()
     assert f"in use by another jobs server (pid {first.pid})" in err and "Traceback" not in err
@@ -169,7 +176,7 @@ def test_serve_refuses_a_readable_ca_key_beside_its_credentials(tmp_path: Path):
     if not key.exists():  # `certs init` keeps it elsewhere: put one where it must not be
         key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
     refused = _serve(env, tmp_path / "state", "--endpoint", "127.0.0.1:0")
-    assert refused.wait(30) == cli.EXIT_DENIED
+    assert refused.wait(30) == ExitCode.CERTIFICATE
     assert refused.stderr is not None
     err = refused.stderr.read().decode()
     assert str(key) in err and "mint" in err and err.count("\n") == 1
