@@ -28,6 +28,7 @@ STDOUT, STDERR = 0, 1
 STREAM_NAMES = ("stdout", "stderr")
 CHUNK_SIZE = 256 * 1024  # default per-reader buffer and maximum message size
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_SHARED_READ = 64 << 10  # followers in step share reads up to this size (a live log keeps at most one)
 
 #: ``on_stop(reason, message)``: the log stopped accepting output (called once, from the writer's thread).
 StopCallback = Callable[[StopReason, str], None]
@@ -48,6 +49,8 @@ class JobLog:
         self._on_stop = on_stop
         self._cond = threading.Condition()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        #: The last chunk read, shared by followers at the same place (they read the same bytes, in step).
+        self.last_read: tuple[int, int, bytes] = (-1, -1, b"")
         self._fds: list[int] = []
         #: Why the log stopped accepting output (``StopReason.NONE`` while it accepts it).
         self.stopped = StopReason.NONE
@@ -179,10 +182,15 @@ class JobLog:
     def _notify(self) -> None:
         """Wake thread readers and asyncio followers (called with ``_cond`` held)."""
         self._cond.notify_all()
-        waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
+        if not self._waiters:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for loop, future in self._waiters:
+            by_loop.setdefault(loop, []).append(future)
+        self._waiters = []
+        for loop, futures in by_loop.items():  # one wake-up per loop, however many followers wait there
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there any more
-                loop.call_soon_threadsafe(_resolve, future)
+                loop.call_soon_threadsafe(_resolve, futures)
 
     # --- reader side -----------------------------------------------------------------------------------------
 
@@ -202,7 +210,7 @@ class JobLog:
         becomes true so that a reader waiting for output notices it. ``chunk_size`` (bytes, or a function
         asked before each read) bounds the memory a reader holds.
         """
-        cursor = _Cursor(self.paths, chunk_size)
+        cursor = _Cursor(self, chunk_size)
         try:
             while True:
                 with self._cond:
@@ -228,7 +236,7 @@ class JobLog:
         Cancelling the task that iterates ends it; :meth:`wake` makes it re-check ``cancelled``.
         """
         loop = asyncio.get_running_loop()
-        cursor = _Cursor(self.paths, chunk_size)
+        cursor = _Cursor(self, chunk_size)
         waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         try:
             while True:
@@ -256,9 +264,10 @@ class JobLog:
 class _Cursor:
     """A reader's position in both files: what :meth:`JobLog.read` and :meth:`JobLog.follow` share."""
 
-    def __init__(self, paths: tuple[Path, ...], chunk_size: int | Callable[[], int]) -> None:
+    def __init__(self, log: JobLog, chunk_size: int | Callable[[], int]) -> None:
+        self.log = log
         self.chunk = chunk_size if callable(chunk_size) else (lambda: chunk_size)
-        self.fds = [_open_read(path) for path in paths]
+        self.fds = [_open_read(path) for path in log.paths]
         self.offsets = [0, 0]
         self.broken = False
 
@@ -268,8 +277,13 @@ class _Cursor:
             while self.offsets[stream] < sizes[stream]:
                 if cancelled():
                     return
-                want = min(self.chunk(), sizes[stream] - self.offsets[stream])
-                data = os.pread(self.fds[stream], want, self.offsets[stream])
+                offset = self.offsets[stream]
+                want = min(self.chunk(), sizes[stream] - offset)
+                cached_stream, cached_offset, data = self.log.last_read
+                if cached_stream != stream or cached_offset != offset or len(data) != want:
+                    data = os.pread(self.fds[stream], want, offset)
+                    if len(data) <= _SHARED_READ:
+                        self.log.last_read = (stream, offset, data)
                 if not data:  # truncated (or purged) under us: nothing sane left to serve
                     self.broken = True
                     return
@@ -282,9 +296,10 @@ class _Cursor:
         self.fds = []
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 def _open_read(path: Path) -> int:
