@@ -45,7 +45,7 @@ def serve(args: argparse.Namespace) -> int:
         worker_args = ["--ca", str(own.ca), "--cert", str(own.cert), "--key", str(own.key)]
     hosting: list[RpcServer] = []
     descriptors = [
-        jobs.descriptor(Path(args.state_dir) / "jobs", admins=admins),
+        jobs.sync_descriptor(Path(args.state_dir) / "jobs", admins=admins),  # jobs.descriptor() once on AsyncRpcServer
         *grid.descriptors(worker_args=worker_args, on_shutdown=lambda: hosting[0].shutdown(args.grace)),
     ]
     server = RpcServer(  # a busy port raises RpcException(ERROR_PORT_BUSY): exit code PORT_BUSY

@@ -18,7 +18,7 @@ __version__ = "1.0.0"
 if TYPE_CHECKING:
     from grpc_helper import RpcServiceDescriptor
 
-__all__ = ["JobsLimits", "__title__", "__version__", "default_state_dir", "descriptor"]
+__all__ = ["JobsLimits", "__title__", "__version__", "default_state_dir", "descriptor", "sync_descriptor"]
 
 
 def default_state_dir() -> Path:
@@ -42,17 +42,27 @@ def descriptor(state_dir: Path | str, admins: Iterable[str] = (), **options: Any
     just unusable there). The manager is an
     ``AsyncRpcManager``: it needs an asyncio server.
     """
+    from grpc_helper.jobs.manager import JobsManager
+
+    return _described(JobsManager(state_dir, admins, **options))
+
+
+def _described(manager: Any) -> RpcServiceDescriptor:
     import grpc_helper.jobs as package
     from grpc_helper import Access, RpcServiceDescriptor
     from grpc_helper.jobs.api import jobs_pb2, jobs_pb2_grpc
-    from grpc_helper.jobs.manager import JobsManager
 
     return RpcServiceDescriptor(
-        package,
-        "jobs",
-        jobs_pb2.JobsApiVersion,
-        JobsManager(state_dir, admins, **options),
-        jobs_pb2_grpc.add_JobsServicer_to_server,
-        jobs_pb2_grpc.JobsStub,
-        access=Access.AUTHENTICATED,
+        package, "jobs", jobs_pb2.JobsApiVersion, manager, jobs_pb2_grpc.add_JobsServicer_to_server,
+        jobs_pb2_grpc.JobsStub, access=Access.AUTHENTICATED,
     )
+
+
+def sync_descriptor(state_dir: Path | str, admins: Iterable[str] = (), **options: Any) -> RpcServiceDescriptor:
+    """:func:`descriptor` for a sync ``RpcServer`` (transitional): the same manager runs on an event loop thread
+    of its own, but each open log stream holds one of the server's threads again. Prefer ``descriptor`` in an
+    ``AsyncRpcServer``."""
+    from grpc_helper.jobs._sync_host import SyncJobsHost
+    from grpc_helper.jobs.manager import JobsManager
+
+    return _described(SyncJobsHost(JobsManager(state_dir, admins, **options)))
