@@ -56,7 +56,8 @@ def test_output_past_the_log_limit_kills_the_job_and_keeps_the_first_bytes(jobs_
     assert final.stopped_by == jobs_pb2.STOP_LOG_LIMIT and "log limit of 64 KiB" in final.error
     out = collect(jobs, st.job_id)
     assert len(out[jobs_pb2.STDOUT]) + len(out[jobs_pb2.STDERR]) == 64 << 10
-    assert out[jobs_pb2.STDERR] == b"start\n" and set(out[jobs_pb2.STDOUT]) == set(b"y\n")
+    # Both streams count; which one the pump reads first is the kernel's business.
+    assert b"start\n".startswith(out[jobs_pb2.STDERR]) and set(out[jobs_pb2.STDOUT]) <= set(b"y\n")
 
 
 def test_output_of_exactly_the_log_limit_is_not_cut(jobs_env):
