@@ -144,7 +144,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as e:  # out of a proto field's range
         raise CliError(f"invalid limit: {e}", ExitCode.USAGE) from None
     with _client(args) as client:
-        st = client.jobs.Run(jobs_pb2.RunRequest(command=command, env=env, cwd=args.cwd, limits=limits))
+        st = client.jobs.Run(jobs_pb2.RunRequest(
+            command=command, env=env, cwd=args.cwd, limits=limits, no_network=args.no_network,
+            private_tmp=args.private_tmp,
+        ))
     if args.json:
         print(json.dumps(_status_json(st)))
     else:
@@ -247,6 +250,8 @@ def parser(prog: str = "python -m grpc_helper.jobs") -> argparse.ArgumentParser:
     r.add_argument("--pids", type=_uint32, default=0, help="maximum number of processes")
     r.add_argument("--io-read", type=parse_size, default=0, help="read bandwidth limit per device, bytes/s")
     r.add_argument("--io-write", type=parse_size, default=0, help="write bandwidth limit per device, bytes/s")
+    r.add_argument("--no-network", action="store_true", help="no network: only a loopback of its own")
+    r.add_argument("--private-tmp", action="store_true", help="a private, empty /tmp")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     r.set_defaults(func=cmd_run)
     lg = sub.add_parser("logs", parents=[common], help="print a job's output (raw bytes to stdout/stderr)")

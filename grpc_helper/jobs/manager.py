@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from grpc_helper.jobs.limits import JobsLimits, size_text
 from grpc_helper.jobs.logs import STDOUT, JobLog, remove
 from grpc_helper.jobs.process import JobProcess, LaunchSpec, StartError, read_boot_id
 from grpc_helper.jobs.recovery import recover
+from grpc_helper.jobs.sandbox import Isolation, JobUser, SandboxError, resolve_user, support
 from grpc_helper.jobs.statedir import StateDir, StateDirBusy
 from grpc_helper.jobs.store import JobRecord, JobStore, LimitsSpec, Page, State, StopReason, StoreFull
 
@@ -67,6 +68,10 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
     :param cgroup_parent: name of the parent cgroup of the jobs' cgroups.
     :param cgroup_root: cgroup mount to use instead of the detected one (tests).
     :param stop_grace: SIGTERM to SIGKILL delay used at server shutdown.
+    :param run_as: the account jobs run as (name or uid; None: ``nobody`` when the server runs as root, else the
+        server's own user); ``run_as_for`` maps client names to other accounts. Checked at load.
+    :param isolation: namespaces of every job (``grpc_helper.jobs.sandbox.Isolation``; None: the host's
+        default, an own PID namespace where available); a Run request may add ``no_network``/``private_tmp``.
     :param limits: running jobs, log size, free space and retention (:class:`JobsLimits`); the same fields
         may be given one by one as keyword arguments instead (``max_running=10``).
     """
@@ -80,6 +85,9 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         cgroup_parent: str = DEFAULT_PARENT,
         cgroup_root: Path | None = None,
         stop_grace: float = requests.DEFAULT_GRACE,
+        run_as: str | int | None = None,
+        run_as_for: Mapping[str, str | int] | None = None,
+        isolation: Isolation | None = None,
         limits: JobsLimits | None = None,
         **limit_fields: Any,
     ) -> None:
@@ -93,6 +101,9 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         if limits is not None and limit_fields:
             raise TypeError("give either limits= or its fields, not both")
         self._cgroup_options = (cgroups, cgroup_parent, cgroup_root)
+        self._run_as = (run_as, dict(run_as_for or {}))
+        self._users: dict[str | None, JobUser] = {}  # client name (None: everybody else) -> account
+        self._isolation = isolation
         self._live: dict[str, _Live] = {}
         self._running = Counter[str]()  # running (or starting) jobs per owner
         self._readers = 0
@@ -120,6 +131,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
             enabled, parent, root = self._cgroup_options
             self.cgroups = detect(root, parent, enabled)
             self.logger.info("%s", self.cgroups.describe())
+            await self._in(self._spawner, self._check_sandbox)
             await self._in(self._db, recover, self._store, self._put, self.cgroups, self._boot_id, self.logger)
             if not await self._in(self._db, self.state.make_reserve, RESERVE_BYTES):
                 self.logger.warning("the state directory's file system is full: no room kept for job records")
@@ -183,6 +195,20 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         if total:
             self.logger.info("purged %d finished job(s)", total)
         return total
+
+    def _check_sandbox(self) -> None:
+        """Resolve the accounts and check the namespaces once (a wrong option stops the server from starting)."""
+        default, mapping = self._run_as
+        try:
+            self._users = {None: resolve_user(default)}
+            self._users.update({name: resolve_user(user) for name, user in mapping.items()})
+            host = support()
+            if self._isolation is None:
+                self._isolation = host.default()
+            host.check(self._isolation)
+        except SandboxError as e:
+            raise RpcException(f"jobs sandbox: {e.message}", ResultCode.ERROR_STATE_UNEXPECTED) from None
+        self.logger.info("jobs run as %s (%s)", self._users[None].name, host.describe())
 
     def _purge_batch(self, older_than: float | None, keep: int | None) -> int:
         removed = self.store.purge(older_than, keep)
@@ -262,7 +288,9 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
 
     # --- starting and ending jobs -------------------------------------------------------------------------
 
-    def _launch(self, who: str, argv: list[str], env: dict[str, str], cwd: str, limits: LimitsSpec) -> _Live:
+    def _launch(
+        self, who: str, argv: list[str], env: dict[str, str], cwd: str, limits: LimitsSpec, isolation: Isolation
+    ) -> _Live:
         """Create the job's log, cgroup and record, then start its process (a spawner thread).
 
         Returns the started job, or a failed record (``proc`` None); raises ``RpcException`` when the server
@@ -277,10 +305,14 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
             )
         try:
             self.cgroups.check(limits)
-        except CgroupError as e:
+            support().check(isolation)
+        except (CgroupError, SandboxError) as e:
             raise RpcException(str(e), ResultCode.ERROR_STATE_UNEXPECTED) from None
+        user = self._users.get(who) or self._users[None]
         job_id = str(ids.uuid7())
-        live = _Live(JobRecord(job_id, who, tuple(argv), cwd, limits=limits, boot_id=self._boot_id))
+        namespaces = ",".join(n for n in ("pid", "net", "tmp") if getattr(isolation, n))
+        live = _Live(JobRecord(job_id, who, tuple(argv), cwd, limits=limits, boot_id=self._boot_id, user=user.name,
+                               namespaces=namespaces))
         try:
             live.log = JobLog.create(self.logs_dir, job_id, lim.max_log_bytes, self._log_stopped(live))
         except OSError as e:
@@ -301,7 +333,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         except BaseException:
             self._discard(live)
             raise
-        spec = LaunchSpec(argv, env, cwd, live.cgroup.procs_files if live.cgroup else ())
+        spec = LaunchSpec(argv, env, cwd, live.cgroup.procs_files if live.cgroup else (), user.name, isolation)
         try:
             live.proc = JobProcess(spec, live.log)
         except StartError as e:
@@ -407,9 +439,11 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         limits = requests.limits(request.limits)
         if self._closing:
             raise RpcException("the server is shutting down", ResultCode.ERROR_STATE_UNEXPECTED)
+        base = self._isolation or Isolation()
+        isolation = Isolation(base.pid, base.net or request.no_network, base.tmp or request.private_tmp)
         self._admit(who.name)
         launched = asyncio.get_running_loop().run_in_executor(
-            self._spawner, self._launch, who.name, argv, env, cwd, limits
+            self._spawner, self._launch, who.name, argv, env, cwd, limits, isolation
         )
         launched.add_done_callback(lambda f: self._adopt(who.name, f))
         live = await asyncio.shield(launched)

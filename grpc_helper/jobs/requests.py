@@ -113,7 +113,7 @@ def to_proto(r: JobRecord) -> jobs_pb2.JobStatus:
     return jobs_pb2.JobStatus(
         job_id=r.job_id, owner=r.owner, command=r.command, cwd=r.cwd, state=jobs_pb2.JobState.ValueType(r.state),
         exit_code=r.exit_code, signal=r.signal, stopped_by=jobs_pb2.StopReason.ValueType(r.stopped_by), error=r.error,
-        pid=r.pid, start_time=r.start_time, end_time=r.end_time, cgroup=r.cgroup,
+        pid=r.pid, start_time=r.start_time, end_time=r.end_time, cgroup=r.cgroup, user=r.user, namespaces=r.namespaces,
         limits=jobs_pb2.Limits(
             cpus=lim.cpus, memory_bytes=lim.memory_bytes, io_read_bps=lim.io_read_bps,
             io_write_bps=lim.io_write_bps, pids=lim.pids,

@@ -25,6 +25,7 @@ from grpc_helper.jobs.limits import (
     parse_keep,
     parse_size,
 )
+from grpc_helper.jobs.sandbox import Isolation
 
 CA_KEY = "ca.key"
 
@@ -63,6 +64,21 @@ def _keep_arg(text: str) -> tuple[float | None, int | None]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _mapping(text: str) -> tuple[str, str]:
+    name, sep, user = text.partition("=")
+    if not sep or not name or not user:
+        raise argparse.ArgumentTypeError(f"expected CLIENT=USER, not {text[:80]!r}")
+    return name, user
+
+
+def _namespaces(text: str) -> Isolation:
+    names = {n.strip() for n in text.split(",") if n.strip()} - {"none"}
+    unknown = names - {"pid", "net", "tmp"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown namespace(s) {', '.join(sorted(unknown))[:80]} (pid, net, tmp, none)")
+    return Isolation(pid="pid" in names, net="net" in names, tmp="tmp" in names)
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text[:40]!r}")
@@ -88,6 +104,12 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--keep", type=_keep_arg, action="append", default=[], metavar="AGE|COUNT",
                    help="purge finished jobs older than AGE (30d, 12h) or beyond the COUNT most recent; "
                         "repeatable; 'forever' keeps them all (default 30d)")
+    s.add_argument("--run-as", help="account jobs run as (default: nobody when serving as root, else the server's)")
+    s.add_argument("--run-as-for", type=_mapping, action="append", default=[], metavar="CLIENT=USER",
+                   help="account the jobs of one client run as (repeatable)")
+    s.add_argument("--namespaces", type=_namespaces, default=None, metavar="LIST",
+                   help="namespaces of every job: pid, net, tmp, comma-separated, or none (default: pid where "
+                        "available); clients may add net and tmp per job")
     defaults = CallLimits()
     s.add_argument("--max-calls-per-client", type=_positive_int, default=defaults.max_calls,
                    help="calls in flight per client, streams included (default %(default)s)")
@@ -128,7 +150,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"WARNING: {why} (--allow-ca-key)", file=sys.stderr, flush=True)
     credentials = server_credentials(args)
     admins = set(args.admin) | tls.admins_of(directory)
-    options = {"cgroups": not args.no_cgroups, "stop_grace": args.grace, "limits": _limits(args)}
+    options = {
+        "cgroups": not args.no_cgroups, "stop_grace": args.grace, "limits": _limits(args), "run_as": args.run_as,
+        "run_as_for": dict(args.run_as_for), "isolation": args.namespaces,
+    }
     calls = CallLimits(max_calls=args.max_calls_per_client, max_streams=args.max_streams_per_client)
     server = AsyncRpcServer(
         args.endpoint.port, [descriptor(args.state_dir, **options)], host=bind_host(args.endpoint.host),

@@ -73,6 +73,8 @@ class JobRecord:
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     cgroup: str = ""
     boot_id: str = ""
+    user: str = ""
+    namespaces: str = ""
 
     def update(self, **changes: Any) -> JobRecord:
         return replace(self, **changes)
@@ -80,14 +82,15 @@ class JobRecord:
 
 _COLUMNS = (
     "job_id", "owner", "command", "cwd", "state", "exit_code", "signal", "stopped_by", "error", "pid",
-    "start_time", "end_time", "limits", "cgroup", "boot_id",
+    "start_time", "end_time", "limits", "cgroup", "boot_id", "user", "namespaces",
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, owner TEXT NOT NULL, command TEXT NOT NULL, cwd TEXT NOT NULL,
     state INTEGER NOT NULL, exit_code INTEGER NOT NULL, signal INTEGER NOT NULL, stopped_by INTEGER NOT NULL,
     error TEXT NOT NULL, pid INTEGER NOT NULL, start_time REAL NOT NULL, end_time REAL NOT NULL,
-    limits TEXT NOT NULL, cgroup TEXT NOT NULL, boot_id TEXT NOT NULL
+    limits TEXT NOT NULL, cgroup TEXT NOT NULL, boot_id TEXT NOT NULL,
+    user TEXT NOT NULL DEFAULT '', namespaces TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, job_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, job_id);
@@ -120,7 +123,7 @@ def _to_row(r: JobRecord) -> tuple[Any, ...]:
     return (
         r.job_id, r.owner, json.dumps(list(r.command)), r.cwd, int(r.state), r.exit_code, r.signal,
         int(r.stopped_by), r.error, r.pid, r.start_time, r.end_time, json.dumps(asdict(r.limits)), r.cgroup,
-        r.boot_id,
+        r.boot_id, r.user, r.namespaces,
     )
 
 
@@ -130,7 +133,7 @@ def _from_row(row: sqlite3.Row) -> JobRecord:
         state=State(row["state"]), exit_code=row["exit_code"], signal=row["signal"],
         stopped_by=StopReason(row["stopped_by"]), error=row["error"], pid=row["pid"], start_time=row["start_time"],
         end_time=row["end_time"], limits=LimitsSpec(**json.loads(row["limits"])), cgroup=row["cgroup"],
-        boot_id=row["boot_id"],
+        boot_id=row["boot_id"], user=row["user"], namespaces=row["namespaces"],
     )
 
 
@@ -148,6 +151,10 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            known = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column in ("user", "namespaces"):  # records written by an earlier version
+                if column not in known:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
 
     def put(self, record: JobRecord) -> None:
         """Insert or replace a record; raises :class:`StoreFull` when the file system is full."""
