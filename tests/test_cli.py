@@ -51,6 +51,15 @@ def test_bad_endpoints_are_refused(text: str) -> None:
         parse_endpoint(text)
 
 
+@pytest.mark.parametrize("text", ["host", "::1", "[::1]", "10.0.0.1"])
+def test_port_can_be_required(text: str) -> None:
+    parse_endpoint(text)
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        parse_endpoint(text, require_port=True)
+    assert parse_endpoint("[::1]:7", require_port=True) == Endpoint("::1", 7)
+    assert parse_endpoint("h:7", require_port=True) == Endpoint("h", 7)
+
+
 def test_endpoint_prints_back() -> None:
     assert str(Endpoint("::1", 5)) == "[::1]:5" and str(Endpoint("h", 5)) == "h:5"
 

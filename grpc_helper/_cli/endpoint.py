@@ -39,12 +39,23 @@ def _host(text: str, endpoint: str, ipv6: bool) -> str:
     return text
 
 
-def parse_endpoint(text: str, default_host: str = DEFAULT_HOST, default_port: int = DEFAULT_PORT) -> Endpoint:
-    """``host:port``, ``[v6]:port``, ``host``, ``[v6]``, a bare IPv6 literal (``::1``) or ``:port``.
+def parse_endpoint(
+    text: str, default_host: str = DEFAULT_HOST, default_port: int = DEFAULT_PORT, *, require_port: bool = False
+) -> Endpoint:
+    """``host:port``, ``[v6]:port``, ``host``, ``[v6]``, a bare IPv6 literal (``::1``) or ``:port``; with
+    ``require_port``, only the forms with a port.
 
     Raises ``ValueError`` with a message naming the endpoint.
     """
     text = text.strip()
+    endpoint = _parse(text, default_host, default_port)
+    has_port = "]:" in text if text.startswith("[") else text.count(":") == 1
+    if require_port and not has_port:
+        raise ValueError(f"invalid endpoint {text!r}: expected HOST:PORT ([IPV6]:PORT)")
+    return endpoint
+
+
+def _parse(text: str, default_host: str, default_port: int) -> Endpoint:
     if not text:
         raise ValueError("invalid endpoint '': expected HOST:PORT")
     if text.startswith("["):
