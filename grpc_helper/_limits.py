@@ -116,6 +116,12 @@ class SendWatchdog:
     def sent(self, token: object) -> None:
         self._pending.pop(token, None)
 
+    def stalled_error(self) -> RpcException:
+        """The error ending a stream the watchdog cut."""
+        return RpcException(
+            f"stream cut: a reply waited more than {self.timeout:g}s for the reader", ResultCode.ERROR_RESOURCE_EXHAUSTED
+        )
+
     def _start(self) -> None:
         with self._lock:
             if self._thread is not None or self._stop.is_set():

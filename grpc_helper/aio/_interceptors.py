@@ -73,27 +73,42 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
         if handler.response_streaming and not is_coroutine:
             items = call if inspect.isasyncgenfunction(behavior) else _async_items(call)
 
-            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: Context) -> None:
+                # Written with context.write() (not re-yielded) so that a send stuck on a reader that stopped
+                # reading is awaited here, where the watchdog's cancellation can end the call with a status.
                 ticket = await enter(context)
                 task = asyncio.current_task()
                 loop = asyncio.get_running_loop()
+                stalled = False
 
-                def cut() -> None:  # from the watchdog's thread: the reader stopped reading
+                def cut() -> None:  # from the watchdog's thread
+                    nonlocal stalled
+                    stalled = True
                     if task is not None:
                         loop.call_soon_threadsafe(task.cancel)
 
                 try:
                     async for item in items(scope.decoded(request), context):
                         watchdog.sending(context, cut)
-                        yield item
+                        await context.write(item)
                         watchdog.sent(context)
+                except asyncio.CancelledError:
+                    if not stalled:
+                        raise
+                    # The status goes out after the stuck reply, whenever the reader reads (if ever): the
+                    # caller's quota is given back now.
+                    watchdog.sent(context)
+                    scope.leave(ticket)
+                    ticket = None
+                    await context.abort_with_status(to_status(watchdog.stalled_error()))  # type: ignore[attr-defined]
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
                     await _abort(context, method, exc)
                 finally:
                     watchdog.sent(context)
-                    scope.leave(ticket)
+                    if ticket is not None:
+                        scope.leave(ticket)
 
             return rebuild_handler(handler, stream, safe=True)
 
