@@ -13,16 +13,18 @@ as admin, on first use; see ``python -m grpc_helper.certs``); the job runner onl
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpc_helper import RpcServer, certs, grid, jobs
+from grpc_helper import AsyncRpcServer, certs, grid, jobs
 from grpc_helper._cli.commands import main as commands_main
 from grpc_helper._cli.endpoint import DEFAULT_PORT
-from grpc_helper._cli.exits import run
+from grpc_helper._cli.exits import CliError, ExitCode, run
 from grpc_helper._cli.parser import new_parser
+from grpc_helper.jobs.serve import bind_host, ca_key_beside
 
 AUTO_CLIENT = "auto-client"
 
@@ -38,32 +40,50 @@ def serve(args: argparse.Namespace) -> int:
             print(f"created TLS material in {tls_dir} (admin: {certs.default_client()})", flush=True)
         # The server's own auto-client needs a key pair too (created once, beside the others).
         certs.init(tls_dir, clients=[AUTO_CLIENT])
+        key = ca_key_beside(tls_dir)
+        if key is not None:
+            why = f"the CA private key {key} is readable beside the server's credentials: whoever reads it can mint any identity"
+            if not args.allow_ca_key:
+                raise CliError(f"{why}. Move it out of {tls_dir} (`grpc-helper certs init` keeps it in DIR-ca), "
+                               "or pass --allow-ca-key", ExitCode.CERTIFICATE)
+            print(f"WARNING: {why} (--allow-ca-key)", file=sys.stderr, flush=True)
         credentials = certs.server_credentials(tls_dir)
         client_credentials = certs.channel_credentials(tls_dir, AUTO_CLIENT)
         admins |= certs.admins_of(tls_dir)
         own = certs.TlsFiles(tls_dir, AUTO_CLIENT)
         worker_args = ["--ca", str(own.ca), "--cert", str(own.cert), "--key", str(own.key)]
-    hosting: list[RpcServer] = []
+    else:
+        worker_args = ["--insecure"]
+    hosting: list[AsyncRpcServer] = []
+    limits = grid.GridLimits()
     descriptors = [
-        jobs.sync_descriptor(Path(args.state_dir) / "jobs", admins=admins),  # jobs.descriptor() once on AsyncRpcServer
-        *grid.descriptors(worker_args=worker_args, on_shutdown=lambda: hosting[0].shutdown(args.grace)),
+        jobs.descriptor(Path(args.state_dir) / "jobs"),
+        *grid.descriptors(limits=limits, worker_args=worker_args, on_shutdown=lambda: hosting[0].shutdown(args.grace)),
     ]
-    server = RpcServer(  # a busy port raises RpcException(ERROR_PORT_BUSY): exit code PORT_BUSY
+    # asyncio: a waiting log follower, grid worker or event listener costs memory, not a thread.
+    server = AsyncRpcServer(  # a busy port raises RpcException(ERROR_PORT_BUSY): exit code PORT_BUSY
         args.port,
         descriptors,
-        host=args.host,
+        host=bind_host(args.host),
         credentials=credentials,
         client_credentials=client_credentials,
-        max_workers=args.workers,
+        options=limits.server_options(),
+        admins=admins,
     )
     hosting.append(server)
+    asyncio.run(_serve(server, args))
+    print("stopped", flush=True)
+    return 0
+
+
+async def _serve(server: AsyncRpcServer, args: argparse.Namespace) -> None:
+    await server.start()
     if args.port_file:
         Path(args.port_file).write_text(f"{server.port}\n")
     names = ", ".join(d.name for d in server.descriptors)
-    print(f"serving {names} on {args.host}:{server.port} ({'plaintext' if args.insecure else 'mTLS'}); Ctrl+C stops", flush=True)
-    server.serve_forever(grace=args.grace)
-    print("stopped", flush=True)
-    return 0
+    print(f"serving {names} on {args.host}:{server.port} ({'plaintext' if args.insecure else 'mTLS'}); Ctrl+C stops",
+          flush=True)
+    await server.serve_forever(grace=args.grace)
 
 
 def serve_main(argv: Sequence[str] | None = None, prog: str = "grpc-helper serve") -> int:
@@ -74,8 +94,11 @@ def serve_main(argv: Sequence[str] | None = None, prog: str = "grpc-helper serve
     s.add_argument("--tls-dir", default=str(certs.default_dir()), help="CA and certificates (default: %(default)s)")
     s.add_argument("--insecure", action="store_true", help="plaintext (the job runner then refuses every call)")
     s.add_argument("--state-dir", default=str(jobs.default_state_dir().parent), help="service state (default: %(default)s)")
-    s.add_argument("--admin", action="append", default=[], help="identity allowed to see every job (repeatable)")
-    s.add_argument("--workers", type=int, default=256, help="server threads; each open stream holds one")
+    s.add_argument("--admin", action="append", default=[],
+                   help="admin identity: every job, grid control, config changes, shutdown (repeatable; "
+                        "also read from TLS_DIR/admins)")
+    s.add_argument("--allow-ca-key", action="store_true",
+                   help="serve even though the CA private key sits beside the server's credentials (unsafe)")
     s.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get at shutdown")
     s.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     args = s.parse_args(argv)
