@@ -210,3 +210,15 @@ def test_serve_on_a_busy_port_exits_port_busy(tmp_path: Path) -> None:
     assert result.returncode == ExitCode.PORT_BUSY, result.stderr
     last = result.stderr.splitlines()[-1]  # (grpc core logs its own line before)
     assert last.startswith("error: cannot serve on") and "port busy" in last and "Traceback" not in result.stderr
+
+
+def test_server_from_another_ca_is_a_certificate_error(tmp_path: Path, rpc_server_factory: object) -> None:
+    ours = certs.init(tmp_path / "ours", clients=["alice"])
+    theirs = certs.init(tmp_path / "theirs", clients=["alice"])  # another CA
+    server = rpc_server_factory(  # type: ignore[operator]
+        [], credentials=certs.server_credentials(theirs), client_credentials=certs.channel_credentials(theirs, "alice")
+    )
+    result = cli("info", "--port", str(server.port), "--tls-dir", str(ours), "--name", "alice", "--timeout", "1")
+    assert result.returncode == ExitCode.CERTIFICATE, result.stderr
+    last = result.stderr.splitlines()[-1]  # (grpc core logs the handshake failures before)
+    assert last.startswith("error: TLS handshake with the server failed: CERTIFICATE_VERIFY_FAILED"), last

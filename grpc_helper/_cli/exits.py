@@ -7,6 +7,7 @@ whatever the command.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from enum import IntEnum
@@ -50,9 +51,23 @@ _BY_RESULT: dict[int, ExitCode] = {
 }
 
 
+#: How grpc reports a TLS handshake that failed on the client's side (e.g. a server certificate the CA does not sign).
+_HANDSHAKE = re.compile(r"handshake failed[^:]*:(?:.*OPENSSL_internal:)?\s*([^:]+(?::[^:]+)?)", re.IGNORECASE)
+
+
 def exit_code(error: RpcException) -> ExitCode:
     """The exit code for a failed call."""
+    if tls_failure(error):
+        return ExitCode.CERTIFICATE
     return _BY_RESULT.get(error.rc, ExitCode.ERROR)
+
+
+def tls_failure(error: RpcException) -> str | None:
+    """What went wrong when a call failed because the TLS handshake did (None otherwise)."""
+    if error.rc != ResultCode.ERROR_RPC:
+        return None
+    found = _HANDSHAKE.search(error.message)
+    return found.group(1).strip() if found else None
 
 
 class CliError(Exception):
@@ -78,7 +93,11 @@ def run(command: Callable[[], int | None]) -> int:
         error(str(exc))
         return ExitCode.CERTIFICATE
     except RpcException as exc:
-        error(exc.message)
+        why = tls_failure(exc)
+        if why:
+            error(f"TLS handshake with the server failed: {why} (is the CA certificate the one that signed the server's?)")
+        else:
+            error(exc.message)
         return exit_code(exc)
     except BrokenPipeError:
         # `... | head`: the reader went away; stop quietly (and keep Python from complaining at exit).
