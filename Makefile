@@ -37,6 +37,8 @@ bench: venv
 	$(PY) bench/core_overhead.py
 	$(PY) bench/jobs_logs.py
 	$(PY) bench/jobs_spawn.py
+	$(PY) bench/jobs_list.py
+	$(PY) bench/jobs_followers.py
 	$(PY) bench/grid_throughput.py
 
 clean:

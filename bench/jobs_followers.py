@@ -1,6 +1,6 @@
 """Job runner followers benchmark: many live log followers, and another client's unary calls meanwhile.
 
-P7: 20 identities each follow their own live job with 100 streams (2,000 followers in total, every job
+P8: 20 identities each follow their own live job with 100 streams (2,000 followers in total, every job
     printing a line every 0.5 s, so followers are woken all the time); meanwhile another identity's unary
     ``Status`` calls (in a process of its own): p50/p99 latency (goal p99 < 100 ms) against the same calls with no follower (the
     baseline, measured first), server RSS and thread count before and with the followers, and one identity
@@ -154,7 +154,7 @@ def main() -> None:
                 refused = f"yes, {e.status.name} after {len(streams) // len(names)}+ streams: {e.message}"
             for stream in extra:
                 stream.close()
-            print(f"P7: {len(streams)} followers ({args.per_identity} per identity x {len(names)}) attached in "
+            print(f"P8: {len(streams)} followers ({args.per_identity} per identity x {len(names)}) attached in "
                   f"{attached:.1f}s")
             print(f"    other client's unary Status: no followers {summary(baseline)}; with them {summary(loaded)} "
                   f"(goal p99 < 100 ms); p99 ratio {p99(loaded) / p99(baseline):.2f}")

@@ -1,6 +1,6 @@
 """Job runner List benchmark: latency per page with 10k and 1M records, against the bare SQLite query.
 
-P6: a ``List`` page (100 jobs, mTLS, the server in its own process: ``python -m grpc_helper.jobs serve`` with
+P7: a ``List`` page (100 jobs, mTLS, the server in its own process: ``python -m grpc_helper.jobs serve`` with
     default settings) with 10,000 and 1,000,000 records in the store (goal < 0.2 s per page), and its ratio
     to the same page read straight from the store (``JobStore.page`` in this process: the baseline), rounds
     alternating between the two.
@@ -106,7 +106,7 @@ def measure(size: int, rounds: int, tmp: Path) -> None:
     clients = {name: RpcClient("127.0.0.1", port, STUBS, timeout=30,
                                credentials=tls.channel_credentials(tmp / "tls", name)) for name in ("root", "user07")}
     try:
-        print(f"P6 with {size:,} records (filled in {filled:.1f}s), page of 100, median / p99 over {rounds} rounds:")
+        print(f"P7 with {size:,} records (filled in {filled:.1f}s), page of 100, median / p99 over {rounds} rounds:")
         for label, (who, request) in cases.items():
             grpc_times: list[float] = []
             bare_times: list[float] = []

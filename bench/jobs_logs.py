@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def start_server(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     tls.init(tmp / "tls", ["bench"])
     server = subprocess.Popen(
         [sys.executable, "-m", "grpc_helper.jobs", "serve", "--endpoint", "127.0.0.1:0", "--tls-dir",
-         str(tmp / "tls"), "--state-dir", str(tmp / "state"), "--workers", "256"],
+         str(tmp / "tls"), "--state-dir", str(tmp / "state")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
     assert server.stdout is not None
@@ -118,10 +119,13 @@ def p4(tmp: Path, port: int, server_pid: int, readers: int) -> None:
         "for i in range(192):\n"
         "    sys.stdout.buffer.write(bytes([i % 256]) * 65536); sys.stdout.flush(); time.sleep(0.01)\n"
     )
-    go = tmp / "go"
+    shared = Path(tempfile.mkdtemp(prefix="jobs-bench-go-"))  # jobs run as another user (nobody) when root
+    shared.chmod(0o755)
+    go = shared / "go"
+    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
     clients = [client(tmp, port) for _ in range(max(1, readers // 25))]  # <= 25 streams per connection
     try:
-        st = clients[0].jobs.Run(jobs_pb2.RunRequest(command=[sys.executable, "-c", code, str(go)]))
+        st = clients[0].jobs.Run(jobs_pb2.RunRequest(command=[python, "-c", code, str(go)]))
         before = vm_rss_mb(server_pid)
         results: list[tuple[int, str]] = []
         lock = threading.Lock()
@@ -141,6 +145,7 @@ def p4(tmp: Path, port: int, server_pid: int, readers: int) -> None:
     finally:
         for c in clients:
             c.close()
+        shutil.rmtree(shared, ignore_errors=True)
     expected = hashlib.sha256((tmp / "state" / "logs" / f"{st.job_id}.stdout").read_bytes()).hexdigest()
     identical = len(results) == readers and all(r == (192 * 65536, expected) for r in results)
     print(f"P4: {readers} concurrent readers of one live job: server RSS {before:.0f} MB before, "

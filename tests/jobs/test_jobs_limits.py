@@ -106,6 +106,8 @@ def test_full_disk_stops_the_job_with_a_reason_and_run_answers_resource_exhauste
         end = wait_done(jobs, st.job_id)
         assert end.stopped_by == jobs_pb2.STOP_NO_SPACE or collect(jobs, st.job_id)[jobs_pb2.STDOUT] == b"hello\n"
     assert status(jobs, filler.job_id) == final
+    known = {j.job_id for j in jobs.List(jobs_pb2.ListRequest()).jobs}
+    assert {p.name.split(".")[0] for p in (small_fs / "state" / "logs").iterdir()} <= known  # refused: no file left
     # The free-space guard refuses before anything is written.
     server.shutdown()
     guarded = jobs_server(small_fs / "state", min_free_bytes=1 << 20)
