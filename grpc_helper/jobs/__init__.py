@@ -18,7 +18,7 @@ __version__ = "1.0.0"
 if TYPE_CHECKING:
     from grpc_helper import RpcServiceDescriptor
 
-__all__ = ["JobsLimits", "__title__", "__version__", "default_state_dir", "descriptor", "sync_descriptor"]
+__all__ = ["JobsLimits", "__title__", "__version__", "default_state_dir", "descriptor"]
 
 
 def default_state_dir() -> Path:
@@ -57,12 +57,3 @@ def _described(manager: Any) -> RpcServiceDescriptor:
         jobs_pb2_grpc.JobsStub, access=Access.AUTHENTICATED,
     )
 
-
-def sync_descriptor(state_dir: Path | str, admins: Iterable[str] = (), **options: Any) -> RpcServiceDescriptor:
-    """:func:`descriptor` for a sync ``RpcServer`` (transitional): the same manager runs on an event loop thread
-    of its own, but each open log stream holds one of the server's threads again. Prefer ``descriptor`` in an
-    ``AsyncRpcServer``."""
-    from grpc_helper.jobs._sync_host import SyncJobsHost
-    from grpc_helper.jobs.manager import JobsManager
-
-    return _described(SyncJobsHost(JobsManager(state_dir, admins, **options)))
