@@ -100,3 +100,31 @@ def test_console_script_and_plugin_declared() -> None:
     assert "grpc_helper = grpc_helper.testing" in entry_points["pytest11"]
     scripts = importlib.metadata.entry_points(group="console_scripts")
     assert any(ep.name == "grpc-helper" for ep in scripts)
+
+
+def test_wheel_contents(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import zipfile
+
+    # Built from a copy: the build regenerates modules in its source tree, which other tests are importing.
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "tests", ".tox")
+    shutil.copytree(ROOT, source, ignore=skip)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("grpc_helper-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = archive.read(f"{dist_info}/METADATA").decode()
+        entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
+    for source in (ROOT / "protos").rglob("*.proto"):
+        assert str(source.relative_to(ROOT / "protos")) in names  # importable by downstream protos
+    assert {"grpc_helper/py.typed", "grpc_helper/api/common_pb2.pyi", "grpc_helper/api/info_pb2_grpc.pyi"} <= names
+    assert "grpc-helper = grpc_helper._cli.commands:main" in entry_points
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert any("googleapis-common-protos" in r for r in requires) and not any("grpcio-status" in r for r in requires)
+    assert "Provides-Extra: testing" in metadata and any("pytest-asyncio" in r and "testing" in r for r in requires)
