@@ -118,6 +118,10 @@ class Page:
     states: tuple[State, ...] = ()
     newest_first: bool = False
 
+    def more(self) -> Page:
+        """The same page with one more record (to know whether there is a next page)."""
+        return replace(self, size=self.size + 1)
+
 
 def _to_row(r: JobRecord) -> tuple[Any, ...]:
     return (

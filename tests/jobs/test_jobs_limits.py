@@ -52,10 +52,10 @@ def test_output_past_the_log_limit_kills_the_job_and_keeps_the_first_bytes(jobs_
     jobs = jobs_env(max_log_bytes=64 << 10).jobs("alice")
     st = run(jobs, "sh", "-c", "echo start >&2; yes")
     final = wait_done(jobs, st.job_id)
-    assert final.state == jobs_pb2.JOB_KILLED and final.signal == 9
-    assert final.stopped_by == jobs_pb2.STOP_LOG_LIMIT and "log limit of 64 KiB" in final.error
+    assert final.state == jobs_pb2.JOB_KILLED and final.signal == 9, final
+    assert final.stopped_by == jobs_pb2.STOP_LOG_LIMIT and "log limit of 64 KiB" in final.error, final
     out = collect(jobs, st.job_id)
-    assert len(out[jobs_pb2.STDOUT]) + len(out[jobs_pb2.STDERR]) == 64 << 10
+    assert len(out[jobs_pb2.STDOUT]) + len(out[jobs_pb2.STDERR]) == 64 << 10, (final, out[jobs_pb2.STDERR])
     # Both streams count; which one the pump reads first is the kernel's business.
     assert b"start\n".startswith(out[jobs_pb2.STDERR]) and set(out[jobs_pb2.STDOUT]) <= set(b"y\n")
 
