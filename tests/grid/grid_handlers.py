@@ -59,3 +59,17 @@ def tick(data: bytes) -> bytes:
     """1 ms of work, then echo (chaos test)."""
     time.sleep(0.001)
     return data
+
+
+def crash_on_poison(data: bytes) -> bytes:
+    """Kill the worker process on the payload b"poison" (a job that crashes its worker), echo the others."""
+    import os
+
+    if data == b"poison":
+        os._exit(3)
+    return data
+
+
+def big(data: bytes) -> bytes:
+    """A result as large as the payload times 2 (payload limit tests)."""
+    return data + data
