@@ -95,7 +95,7 @@ def test_server_killed_and_restarted_under_live_client_and_workers(grid_process:
 
 
 def test_short_heartbeat_keeps_idle_workers(grid_server_factory, spawn_worker) -> None:
-    server: GridServer = grid_server_factory(GridLimits(heartbeat_interval=0.15, heartbeat_timeout=0.5))
+    server: GridServer = grid_server_factory(GridLimits(heartbeat_interval=0.1, heartbeat_timeout=0.5))
     spawn_worker(server=server)
     spawn_worker(server=server)
     server.wait(lambda s: len(s["workers"]) == 2 and all(w["heartbeats"] >= 10 for w in s["workers"]))
