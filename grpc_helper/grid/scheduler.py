@@ -73,6 +73,7 @@ class Scheduler:
         self._next_id = _first_job_id()
         self._jobs: dict[int, JobRecord] = {}
         self._closed = False
+        self._last_reap: float | None = None
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._admission = Admission(self.limits)
         self._delivery = Delivery(self.limits, self._jobs)
@@ -320,6 +321,13 @@ class Scheduler:
         with self._lock:
             now = self._clock()
             timeout = self.limits.heartbeat_timeout
+            stalled = self._last_reap is not None and now - self._last_reap > max(2 * self.reap_period, timeout / 2)
+            self._last_reap = now
+            if stalled:
+                # The server itself was stalled (overloaded host, paused process): the workers' messages wait
+                # unread in its buffers. Don't blame the workers: give each a fresh half timeout.
+                for worker in self._dispatch.workers.values():
+                    worker.last_seen = max(worker.last_seen, now - timeout / 2)
             for worker in self._dispatch.expired_workers(now):
                 self._dispatch.gone(worker, f"no heartbeat for {timeout:g}s", lost=True)
             for job in self._delivery.expired_results(now):

@@ -280,3 +280,18 @@ def test_retention_and_get_result() -> None:
     with pytest.raises(GridUnknownError):
         s.get_result(a, "c", "")  # dropped: only one retained
     assert s.get_result(b, "c", "").data == b"b"
+
+
+def test_a_stalled_server_does_not_blame_its_workers() -> None:
+    now = [0.0]
+    s = Scheduler(GridLimits(heartbeat_interval=0.1, heartbeat_timeout=0.5), clock=lambda: now[0])
+    w = s.register_worker(KEY)
+    s.reap()
+    now[0] = 3.0  # the reaper ran 3 s late: the worker's heartbeats are still unread in the server's buffers
+    s.reap()
+    assert s.status()["workers"]
+    now[0] = 3.2
+    s.heartbeat(w)
+    now[0] = 3.8
+    s.reap()  # on time again, and 0.6 s without a word: lost
+    assert not s.status()["workers"] and s.status()["counters"]["workers_lost"] == 1
