@@ -290,8 +290,11 @@ def test_a_stalled_server_does_not_blame_its_workers() -> None:
     now[0] = 3.0  # the reaper ran 3 s late: the worker's heartbeats are still unread in the server's buffers
     s.reap()
     assert s.status()["workers"]
+    now[0] = 3.1
+    s.reap()
     now[0] = 3.2
     s.heartbeat(w)
-    now[0] = 3.8
-    s.reap()  # on time again, and 0.6 s without a word: lost
+    for tick in range(3, 9):  # on time again (every 0.1 s): 0.5 s without a word is lost
+        now[0] = 3.2 + tick / 10
+        s.reap()
     assert not s.status()["workers"] and s.status()["counters"]["workers_lost"] == 1
