@@ -7,8 +7,9 @@ only their file offsets and ``pread`` the files, so every reader (late ones incl
 of the file from the first one, memory per reader is one chunk, and nobody polls.
 
 The writer enforces the per-job log limit and survives a full file system: past ``max_bytes`` (both streams
-together) or on ``ENOSPC``/``EDQUOT`` it stops writing, drops further output and calls ``on_stop`` once with
-the reason, so that the job is stopped with that reason instead of running on with its output lost.
+together) or on ``ENOSPC``/``EDQUOT`` it stops writing, drops further output (still reading the pipes) and
+calls ``on_stop`` once with the reason, so that the job is killed with that reason instead of running on with
+its output lost.
 """
 
 from __future__ import annotations
@@ -141,23 +142,25 @@ class JobLog:
     def splice_from(self, stream: int, pipe_fd: int, size: int) -> int:
         """Move up to ``size`` bytes from a pipe to a stream in the kernel (no copy through Python).
 
-        Returns the byte count (0 at end of pipe, and once the log stopped accepting output: stop reading this
-        pipe); raises OSError when splice is not possible here.
+        Returns the byte count, 0 at the end of the pipe. Once the log stopped accepting output, the pipe is
+        still read (and the bytes dropped) so that the job does not die of SIGPIPE before it is killed with
+        the reason. Raises OSError when splice is not possible here.
         """
         if self.stopped:
-            return 0
+            return len(os.read(pipe_fd, size))  # dropped: the pipe stays open until the job is killed
         room = self._room()
         if room == 0:
-            if os.read(pipe_fd, 1):  # one byte too many (not just the end of the pipe): over the limit
+            dropped = len(os.read(pipe_fd, size))
+            if dropped:  # more than the limit (not just the end of the pipe)
                 self._over_limit()
-            return 0
+            return dropped
         try:
             n = os.splice(pipe_fd, self._fds[stream], size if room is None else min(size, room),
                           offset_dst=self._sizes[stream])
         except OSError as e:
             if e.errno in _NO_SPACE:
                 self._no_space(e)
-                return 0
+                return len(os.read(pipe_fd, size))
             raise
         if n:
             self._grew(stream, self._sizes[stream] + n)

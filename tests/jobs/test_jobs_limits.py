@@ -18,6 +18,10 @@ from .jobs_helpers import PY, collect, first_line, run, status, wait_done
 SLEEPER = (PY, "-c", "print('ready', flush=True); import time; time.sleep(60)")
 
 
+def _sigkilled(st: jobs_pb2.JobStatus) -> bool:
+    return (st.state, st.signal) == (jobs_pb2.JOB_KILLED, 9)
+
+
 def test_running_jobs_per_client_are_limited_others_still_run(jobs_env):
     env = jobs_env(max_running_per_owner=2)
     alice, bob = env.jobs("alice"), env.jobs("bob")
@@ -52,7 +56,7 @@ def test_output_past_the_log_limit_kills_the_job_and_keeps_the_first_bytes(jobs_
     jobs = jobs_env(max_log_bytes=64 << 10).jobs("alice")
     st = run(jobs, "sh", "-c", "echo start >&2; yes")
     final = wait_done(jobs, st.job_id)
-    assert final.state == jobs_pb2.JOB_KILLED and final.signal == 9, final
+    assert _sigkilled(final), str(final).replace("\n", " ")
     assert final.stopped_by == jobs_pb2.STOP_LOG_LIMIT and "log limit of 64 KiB" in final.error, final
     out = collect(jobs, st.job_id)
     assert len(out[jobs_pb2.STDOUT]) + len(out[jobs_pb2.STDERR]) == 64 << 10, (final, out[jobs_pb2.STDERR])
@@ -94,7 +98,7 @@ def test_full_disk_stops_the_job_with_a_reason_and_run_answers_resource_exhauste
                               timeout=10).jobs
     filler = run(jobs, "head", "-c", str(64 << 20), "/dev/zero")
     final = wait_done(jobs, filler.job_id)
-    assert final.state == jobs_pb2.JOB_KILLED and final.stopped_by == jobs_pb2.STOP_NO_SPACE
+    assert _sigkilled(final) and final.stopped_by == jobs_pb2.STOP_NO_SPACE
     assert "No space left on device" in final.error
     # The disk stays full: every Run answers RESOURCE_EXHAUSTED or starts a job that ends with the same reason.
     for _ in range(5):
