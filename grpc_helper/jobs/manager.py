@@ -89,6 +89,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         self._cgroup_options = (cgroups, cgroup_parent, cgroup_root)
         self._run_as = (run_as, dict(run_as_for or {}))
         self._launcher: Launcher | None = None
+        self._launching: set[asyncio.Future[LiveJob]] = set()
         self._isolation = isolation
         self._live: dict[str, LiveJob] = {}
         self._running = Counter[str]()  # running (or starting) jobs per owner
@@ -143,6 +144,8 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
     async def shutdown(self) -> None:
         """Stop running jobs (SIGTERM, SIGKILL after ``stop_grace``), then close the store and the lock."""
         self._closing = True
+        if self._launching:  # starts in flight: adopted first (their done callbacks run before gather's), then stopped
+            await asyncio.gather(*self._launching, return_exceptions=True)
         if self._purger is not None:
             self._purger.cancel()
         live = list(self._live.values())
@@ -220,6 +223,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
 
     def _adopt(self, owner: str, launched: asyncio.Future[LiveJob]) -> None:
         """On the loop, once the launch finished (even if the Run call was cancelled meanwhile)."""
+        self._launching.discard(launched)
         if launched.cancelled() or launched.exception() is not None:
             self._release(owner)
             return
@@ -310,6 +314,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
             self._spawner, launcher.launch, who.name, argv, env, cwd, limits, isolation
         )
         launched.add_done_callback(lambda f: self._adopt(who.name, f))
+        self._launching.add(launched)
         live = await asyncio.shield(launched)
         if live.proc is None:
             self.logger.info("job %s of %s failed to start: %s", live.record.job_id, who.name, live.record.error)

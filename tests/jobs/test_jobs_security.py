@@ -132,3 +132,44 @@ def test_one_client_past_its_stream_quota_is_refused_while_others_are_served(job
     for f in followers:
         assert list(f) == []  # they end with the job
     assert collect(alice, st.job_id)[jobs_pb2.STDOUT] == b"ready\n"  # her quota is back once they ended
+
+
+def _two_names_credentials(tls_dir: Path) -> grpc.ChannelCredentials:
+    """A client certificate from the server's own CA whose subject holds two common names: alice, then root."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_dir = tls.default_ca_dir(tls_dir)
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice"), x509.NameAttribute(NameOID.COMMON_NAME, "root")])
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return grpc.ssl_channel_credentials(
+        root_certificates=(tls_dir / "ca.pem").read_bytes(), private_key=pem_key,
+        certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
+    )
+
+
+def test_a_certificate_with_two_common_names_is_refused_not_taken_for_an_admin(jobs_env, tls_dir: Path):
+    env = jobs_env()
+    theirs = run(env.jobs("bob"), "true")
+    jobs = env.client(credentials=_two_names_credentials(tls_dir)).jobs
+    for call in (lambda: jobs.List(jobs_pb2.ListRequest()), lambda: status(jobs, theirs.job_id),
+                 lambda: run(jobs, "true")):
+        with pytest.raises(RpcException) as info:
+            call()
+        assert info.value.status == grpc.StatusCode.UNAUTHENTICATED and "common names" in info.value.message
+    assert [j.job_id for j in env.jobs("root").List(jobs_pb2.ListRequest()).jobs] == [theirs.job_id]  # nothing ran
