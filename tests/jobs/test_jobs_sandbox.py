@@ -380,3 +380,60 @@ def test_run_past_1024_descriptors_and_failed_runs_leak_nothing(jobs_env):
         for fd in opened:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _open_to_others(path: Path) -> bool:
+    path = path.resolve()
+    return all(p.stat().st_mode & 0o005 == 0o005 for p in [path, *path.parents])
+
+
+NON_ROOT_SERVER = """
+import os, tempfile
+from pathlib import Path
+from grpc_helper.jobs.logs import JobLog
+from grpc_helper.jobs.process import JobProcess, LaunchSpec, StartError
+from grpc_helper.jobs.sandbox import Isolation, SandboxError, resolve_user, support
+user = resolve_user(None)
+print("default", user.name, user.switch)
+try:
+    resolve_user("root")
+    print("root ALLOWED")
+except SandboxError as e:
+    print("root refused", e.stage)
+print("namespaces", support().pid, support().net, support().tmp)
+logs = Path(tempfile.mkdtemp())
+try:
+    JobProcess(LaunchSpec(["true"], {"PATH": "/usr/bin:/bin"}, "/", isolation=Isolation(pid=True)), JobLog.create(logs, "a"))
+    print("pid ALLOWED")
+except StartError as e:
+    print("pid refused", e.stage)
+job = JobProcess(LaunchSpec(["id", "-u"], {"PATH": "/usr/bin:/bin"}, "/"), JobLog.create(logs, "b"))
+codes = []
+job.start(codes.append, lambda: None)
+job.done.wait(30)
+print("job", codes, b"".join(d for _, d in JobLog.open(logs, "b").read(follow=False)).decode().strip())
+"""
+
+
+@needs_root
+def test_a_server_not_running_as_root_runs_jobs_as_itself_without_namespaces(tmp_path: Path):
+    """The server's code run as ``nobody`` (a job of ours): no user switch, no namespaces, clear refusals."""
+    import grpc
+
+    import grpc_helper
+
+    package_root = Path(grpc_helper.__file__).parent.parent
+    deps = Path(grpc.__file__).parent.parent
+    if not (_open_to_others(package_root) and _open_to_others(deps)):
+        pytest.skip(f"{package_root} or {deps} is not readable by other users")
+    env = {**ENV, "PYTHONPATH": f"{package_root}:{deps}"}
+    log = JobLog.create(tmp_path, "server")
+    proc = JobProcess(LaunchSpec([PY, "-c", NON_ROOT_SERVER], env, "/", run_as="nobody"), log)
+    codes: list[int] = []
+    proc.start(codes.append, lambda: None)
+    assert proc.done.wait(60)
+    out = b"".join(d for _, d in JobLog.open(tmp_path, "server").read(follow=False)).decode()
+    assert codes == [0], out
+    assert out.splitlines() == [
+        "default nobody False", "root refused user", "namespaces False False False", "pid refused sandbox", "job [0] 65534",
+    ]
