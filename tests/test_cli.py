@@ -222,3 +222,10 @@ def test_server_from_another_ca_is_a_certificate_error(tmp_path: Path, rpc_serve
     assert result.returncode == ExitCode.CERTIFICATE, result.stderr
     last = result.stderr.splitlines()[-1]  # (grpc core logs the handshake failures before)
     assert last.startswith("error: TLS handshake with the server failed: CERTIFICATE_VERIFY_FAILED"), last
+
+
+@pytest.mark.parametrize("command", [["jobs", "ps"], ["grid", "status"], ["info"]])
+def test_bad_endpoint_is_a_usage_error_everywhere(command: list[str]) -> None:
+    result = cli(*command, "--endpoint", "[::1")
+    assert result.returncode == ExitCode.USAGE
+    assert "invalid endpoint '[::1'" in result.stderr and "Traceback" not in result.stderr

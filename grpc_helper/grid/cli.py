@@ -19,6 +19,7 @@ import grpc
 from grpc_helper import Access, AsyncRpcServer, RpcException
 from grpc_helper import certs as tls
 from grpc_helper._cli import tls as cli_tls
+from grpc_helper._cli.endpoint import parse_endpoint
 from grpc_helper._cli.exits import CliError, ExitCode, run
 from grpc_helper._cli.parser import new_parser
 from grpc_helper.grid.client import GridClient
@@ -45,6 +46,14 @@ def _spawned_tls_options(args: argparse.Namespace, credentials: grpc.ServerCrede
     if args.ca:
         options += ["--ca", str(args.ca)]
     return options
+
+
+def _endpoint(text: str) -> str:
+    """argparse ``type``: a ``HOST:PORT`` endpoint, by the shared parser (a bad one is a usage error)."""
+    try:
+        return str(parse_endpoint(text, require_port=True))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker (Ctrl+C: drain and exit 0; twice: exit at once)")
     worker.add_argument("handler", help="package.module:function taking and returning bytes")
-    worker.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    worker.add_argument("--endpoint", default=DEFAULT_ENDPOINT, type=_endpoint, help="server HOST:PORT ([IPV6]:PORT)")
     worker.add_argument("--service", required=True, help="service id")
     worker.add_argument("--version", required=True, help="service version")
     worker.add_argument("--concurrency", type=int, default=1)
@@ -91,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         ("submit", "submit jobs and print their results"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+        p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, type=_endpoint, help="server HOST:PORT ([IPV6]:PORT)")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds (for submit: the whole command's)")
         cli_tls.add_client_tls_options(p, tls_default=True)
         if name == "status":
