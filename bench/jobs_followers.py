@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -123,8 +124,9 @@ def main() -> None:
                                               credentials=tls.channel_credentials(tmp / "tls", name))
                 return clients[name]
 
+            python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable  # any user runs it
             probe_job = client("probe").jobs.Run(jobs_pb2.RunRequest(command=["sleep", "3600"])).job_id
-            jobs = {n: client(n).jobs.Run(jobs_pb2.RunRequest(command=[sys.executable, "-c", TICKER.format(tick=args.tick)])).job_id
+            jobs = {n: client(n).jobs.Run(jobs_pb2.RunRequest(command=[python, "-c", TICKER.format(tick=args.tick)])).job_id
                     for n in names}
             idle = proc_status(server.pid)
             baseline = unary_latencies(port, tmp / "tls", probe_job, args.calls)
