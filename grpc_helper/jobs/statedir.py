@@ -15,12 +15,15 @@ import fcntl
 import os
 from pathlib import Path
 
+from grpc_helper.jobs.sandbox import make_private
+
 LOCK_NAME = "lock"
 RESERVE_NAME = "reserve"
 
 
 class StateDirBusy(Exception):
-    """Another process holds the state directory (message names it)."""
+    """The state directory cannot be used: another process holds it (the message names it), or another user
+    owns it."""
 
 
 class StateDir:
@@ -32,11 +35,13 @@ class StateDir:
         self._fd = -1
 
     def acquire(self) -> None:
-        """Create the directories (0700; existing ones are made private), take the lock or raise
-        :class:`StateDirBusy` naming the holder, then record our pid in the lock file."""
+        """Create the directories (0700; existing ones are made private; one owned by another user is refused),
+        take the lock or raise :class:`StateDirBusy` naming the holder, then record our pid in the lock file."""
         for d in (self.path, self.logs):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(d, 0o700)
+            try:
+                make_private(d)
+            except PermissionError as e:  # owned by another user: they could open it again whatever its mode
+                raise StateDirBusy(f"state directory refused: {e.strerror}") from None
         lock = self.path / LOCK_NAME
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:

@@ -44,6 +44,15 @@ def test_state_dir_and_files_are_private(jobs_env, tmp_path: Path):
     assert {p.name: _mode(p) for p in files} == {p.name: 0o600 for p in files}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_state_dir_owned_by_another_user_is_refused(jobs_env, tmp_path: Path):
+    (tmp_path / "state").mkdir(mode=0o700)
+    os.chown(tmp_path / "state", 65534, 65534)  # nobody: it could reopen the directory whatever its mode
+    with pytest.raises(RpcException) as info:
+        jobs_env()
+    assert "belongs to uid 65534" in info.value.message
+
+
 def test_purge_keeps_the_most_recent_finished_jobs(jobs_env):
     env = jobs_env()
     jobs = env.jobs("alice")
