@@ -9,8 +9,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from setuptools import Command, setup
+from setuptools import Command, Distribution, setup
 from setuptools.command.build_py import build_py
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1
+    from wheel.bdist_wheel import bdist_wheel  # type: ignore[no-redef]
 
 ROOT = Path(__file__).parent.resolve()
 PROTOS = ROOT / "protos"
@@ -88,4 +93,20 @@ class BuildPy(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPy, "gen_protos": GenProtos})
+class WithBinary(Distribution):
+    """The package carries the job runner's compiled exec helper: not pure Python."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+class PlatformWheel(bdist_wheel):
+    """Tag the wheel for the platform it was built on, any Python 3 and no ABI: the exec helper does not link
+    against Python."""
+
+    def get_tag(self) -> tuple[str, str, str]:
+        _python, _abi, platform = super().get_tag()
+        return "py3", "none", platform
+
+
+setup(distclass=WithBinary, cmdclass={"build_py": BuildPy, "gen_protos": GenProtos, "bdist_wheel": PlatformWheel})

@@ -17,11 +17,12 @@ class RpcManager(ManagerBase[RpcClient]):
             def load(self) -> None:
                 self.items = {}
 
-            def get(self, request: my_pb2.Key) -> my_pb2.Item:
+            def get(self, request: my_pb2.Key, context: object = None) -> my_pb2.Item:
                 with self.lock:
                     return self.items[request.key]
 
-    Methods take ``(request)`` or ``(request, context)``; raise ``RpcException`` to fail a call with a
+    Methods take ``(request, context)``, or ``(request)`` alone (declare ``context: object = None`` to keep the
+    generated servicer's signature for mypy); raise ``RpcException`` to fail a call with a
     ``ResultCode``. ``self.client`` is an ``RpcClient`` to the hosting server's services; ``self.logger`` logs
     under ``grpc_helper.<service name>``.
     """

@@ -116,6 +116,8 @@ def test_wheel_contents(tmp_path: Path) -> None:
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = tmp_path.glob("grpc_helper-*.whl")
+    # It carries a compiled exec helper (the job runner's): tagged for this platform, any Python 3.
+    assert wheel.name.startswith("grpc_helper-") and "-py3-none-linux_" in wheel.name, wheel.name
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
@@ -124,6 +126,7 @@ def test_wheel_contents(tmp_path: Path) -> None:
     for source in (ROOT / "protos").rglob("*.proto"):
         assert str(source.relative_to(ROOT / "protos")) in names  # importable by downstream protos
     assert {"grpc_helper/py.typed", "grpc_helper/api/common_pb2.pyi", "grpc_helper/api/info_pb2_grpc.pyi"} <= names
+    assert "grpc_helper/jobs/_sandbox_exec" in names
     assert "grpc-helper = grpc_helper._cli.commands:main" in entry_points
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert any("googleapis-common-protos" in r for r in requires) and not any("grpcio-status" in r for r in requires)
