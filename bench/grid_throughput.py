@@ -1,9 +1,12 @@
-"""P5: grid throughput vs ``ProcessPoolExecutor(2)`` (one ``submit()`` per job, same payloads).
+"""Grid throughput vs ``ProcessPoolExecutor(2)`` (one ``submit()`` per job, same payloads), defaults first.
 
-Grid: a server process, 2 worker processes (concurrency 1), the client here. Prints jobs/s and the ratio for
-tiny jobs (32-byte payload, echo; goal >= 0.5) and for 10 ms jobs (goal >= 0.9).
+Grid: a ``grid serve`` process (plaintext on loopback), 2 worker processes (concurrency 1, default adaptive
+prefetch unless ``--prefetch``), the ``GridClient`` here (``map``). Prints jobs/s and the ratio to the pool for
+tiny jobs (32-byte payload, echo; goal >= 5) and 10 ms jobs (goal >= 0.98). With ``--peers``, the same tiny
+and 10 ms jobs on Dask distributed (2 worker processes) and Celery (2 prefork workers, Redis broker on
+127.0.0.1:6379), installed in a virtualenv of their own (never project dependencies).
 
-    .venv/bin/python bench/grid_throughput.py [--tiny 20000] [--slow 400] [--prefetch 256]
+    .venv/bin/python bench/grid_throughput.py [--tiny 20000] [--slow 400] [--prefetch N] [--peers]
 """
 
 from __future__ import annotations
@@ -11,41 +14,41 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from grpc_helper.grid import GridClient, GridController
+from grpc_helper.grid import GridClient
 from grpc_helper.grid.handlers import echo, sleep_echo
+
+HERE = Path(__file__).parent
+PEER_VENV = Path(os.environ.get("GRID_BENCH_PEERS", Path.home() / ".cache" / "grpc-helper" / "grid-bench-peers"))
+PEER_PACKAGES = ["dask[distributed]", "celery[redis]"]
 
 
 @contextmanager
-def grid(workers: int, handler: str, prefetch: int) -> Iterator[str]:
+def grid(workers: int, handler: str, prefetch: int | None) -> Iterator[str]:
     py = sys.executable
     server = subprocess.Popen(
-        [py, "-m", "grpc_helper.grid", "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [py, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     procs: list[subprocess.Popen[str]] = []
     try:
         assert server.stdout is not None
-        endpoint = server.stdout.readline().split()[-1]  # "grid serving on HOST:PORT"
+        endpoint = server.stdout.readline().split()[3]  # "grid serving on HOST:PORT (plaintext)"
+        extra = [] if prefetch is None else ["--prefetch", str(prefetch)]
         for i in range(workers):
-            procs.append(
-                subprocess.Popen(
-                    [py, "-m", "grpc_helper.grid", "worker", "--endpoint", endpoint, "--service", "bench",
-                     "--version", "1", "--prefetch", str(prefetch), "--description", f"bench-{i}", handler],
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        with GridController(endpoint, timeout=10) as ctl:
-            for _ in range(200):  # bounded wait for the registrations
-                if len(ctl.status()["workers"]) == workers:
-                    break
-                time.sleep(0.05)
-            else:
-                raise RuntimeError("workers did not register")
+            procs.append(subprocess.Popen(
+                [py, "-m", "grpc_helper.grid", "worker", "--insecure", "--endpoint", endpoint, "--service", "bench",
+                 "--version", "1", "--description", f"bench-{i}", *extra, handler],
+                stderr=subprocess.DEVNULL,
+            ))
         yield endpoint
     finally:
         for proc in procs:
@@ -57,10 +60,10 @@ def grid(workers: int, handler: str, prefetch: int) -> Iterator[str]:
 
 
 def run_grid(endpoint: str, payloads: list[bytes]) -> float:
-    with GridClient(endpoint) as client:
-        list(client.map("bench", "1", payloads[:100]))  # warm-up: channel, stream, imports
+    with GridClient(endpoint, timeout=30) as client:
+        list(client.map("bench", "1", payloads[:200], timeout=60))  # warm-up: workers registered, streams open
         start = time.perf_counter()
-        results = list(client.map("bench", "1", payloads))
+        results = list(client.map("bench", "1", payloads, timeout=600))
         elapsed = time.perf_counter() - start
     assert results == payloads
     return len(payloads) / elapsed
@@ -77,30 +80,84 @@ def run_pool(fn: Callable[[bytes], bytes], payloads: list[bytes]) -> float:
     return len(payloads) / elapsed
 
 
-def measure(name: str, handler: str, fn: Callable[[bytes], bytes], count: int, prefetch: int, goal: float) -> float:
-    payloads = [os.urandom(16).hex().encode() for _ in range(count)]  # 32 bytes each
+def measure(name: str, handler: str, fn: Callable[[bytes], bytes], count: int, prefetch: int | None, goal: float) -> float:
+    payloads = [os.urandom(16).hex().encode() for _ in range(count)]
     pool_rate = run_pool(fn, payloads)
     with grid(2, handler, prefetch) as endpoint:
         grid_rate = run_grid(endpoint, payloads)
     ratio = grid_rate / pool_rate
-    print(
-        f"{name:<12} jobs={count:<6} grid={grid_rate:9.0f} jobs/s  pool={pool_rate:9.0f} jobs/s  "
-        f"ratio={ratio:.2f} (goal >= {goal})",
-        flush=True,
-    )
+    setting = "default prefetch" if prefetch is None else f"prefetch {prefetch}"
+    print(f"{name:<12} jobs={count:<6} grid={grid_rate:9.0f} jobs/s  pool={pool_rate:9.0f} jobs/s  "
+          f"ratio={ratio:.2f} (goal >= {goal}; {setting})", flush=True)
     return ratio
+
+
+# ---- peers (their own virtualenv) ----
+
+
+def peer_python() -> Path:
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"installing {' '.join(PEER_PACKAGES)} in {PEER_VENV} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    return python
+
+
+def redis_up() -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", 6379)) == 0
+
+
+@contextmanager
+def redis() -> Iterator[None]:
+    proc = None
+    if not redis_up():
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("no Redis on 127.0.0.1:6379 and no redis-server to start")
+        proc = subprocess.Popen([binary, "--port", "6379", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            if redis_up():
+                break
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+
+
+def run_peer(python: Path, peer: str, kind: str, count: int) -> float:
+    out = subprocess.run([str(python), str(HERE / "grid_peers.py"), peer, kind, str(count)], capture_output=True,
+                         text=True, timeout=900, check=True)
+    return float(out.stdout.split("rate=")[-1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", type=int, default=20000, help="tiny jobs")
     parser.add_argument("--slow", type=int, default=400, help="10 ms jobs")
-    parser.add_argument("--prefetch", type=int, default=256, help="jobs prefetched per worker (tiny jobs)")
+    parser.add_argument("--prefetch", type=int, default=None, help="also measure tiny jobs with this fixed prefetch")
+    parser.add_argument("--peers", action="store_true", help="also run Dask distributed and Celery (own venv)")
+    parser.add_argument("--peer-tiny", type=int, default=3000, help="tiny jobs for the peers")
     args = parser.parse_args()
-    print(f"P5 grid throughput on {os.cpu_count()} CPU(s)")
-    tiny = measure("tiny (echo)", "grpc_helper.grid.handlers:echo", echo, args.tiny, args.prefetch, 0.5)
-    slow = measure("10 ms jobs", "grpc_helper.grid.handlers:sleep_echo", sleep_echo, args.slow, 2, 0.9)
-    print(f"P5 tiny={tiny:.2f} slow={slow:.2f}")
+    print(f"grid throughput on {os.cpu_count()} CPU(s); defaults first", flush=True)
+    tiny = measure("tiny (echo)", "grpc_helper.grid.handlers:echo", echo, args.tiny, None, 5)
+    slow = measure("10 ms jobs", "grpc_helper.grid.handlers:sleep_echo", sleep_echo, args.slow, None, 0.98)
+    if args.prefetch is not None:
+        measure("tiny (echo)", "grpc_helper.grid.handlers:echo", echo, args.tiny, args.prefetch, 5)
+    print(f"grid tiny={tiny:.2f} slow={slow:.2f}", flush=True)
+    if args.peers:
+        python = peer_python()
+        with redis():
+            for peer in ("dask", "celery"):
+                rate = run_peer(python, peer, "tiny", args.peer_tiny)
+                slow_rate = run_peer(python, peer, "slow", args.slow)
+                print(f"peer {peer:<7} tiny={rate:9.0f} jobs/s  10 ms={slow_rate:6.0f} jobs/s", flush=True)
     return 0
 
 
