@@ -163,6 +163,10 @@ class GridWorkerManager(pb_grpc.GridWorkerServiceServicer, _GridManager):
                 else:
                     await event.wait()
         finally:
+            if not reader.done():
+                # Messages the worker sent before it vanished (e.g. the start of the job that killed it) may
+                # still be buffered: let the reader take them before the loss is judged.
+                await asyncio.wait({reader}, timeout=0.05)
             reader.cancel()
             self.scheduler.worker_gone(worker, "stream closed")
             self.logger.info("worker %d left: %s", worker.id, worker.reason)

@@ -16,7 +16,7 @@ from .conftest import ALICE, BOB, WAIT, GridProcess, GridServer, poll, worker_en
 
 
 def test_poison_job_fails_alone_innocents_complete(grid_server_factory, spawn_worker) -> None:
-    server: GridServer = grid_server_factory(GridLimits(heartbeat_interval=0.2, heartbeat_timeout=1.0, max_lost=3))
+    server: GridServer = grid_server_factory(GridLimits(heartbeat_interval=0.2, heartbeat_timeout=2.0, max_lost=3))
     workers = [spawn_worker("grid_handlers:crash_on_poison", server=server) for _ in range(2)]
     with server.client() as client:
         server.wait(lambda s: len(s["workers"]) == 2)  # both windows open: innocents sit behind the poison
@@ -37,7 +37,9 @@ def test_poison_job_fails_alone_innocents_complete(grid_server_factory, spawn_wo
     assert info.value.rc == ResultCode.ERROR_RPC
     assert "worker was lost 3 times while running it" in info.value.message
     assert "crashes or hangs its workers" in info.value.message
-    assert 3 <= deaths <= 4  # the first crash may go uncounted (its start not sent yet), never more
+    # The first crash may go uncounted (its start not sent yet); a later one only if the worker's last message
+    # is lost with its connection.
+    assert 3 <= deaths <= 5
     assert max(attempts) <= 2  # innocents ran once (twice if their result was unsent at a crash)
     assert server.status()["counters"]["returned"] >= 1  # prefetched, never started: back without penalty
 
