@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
-import signal
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from types import FrameType
-from typing import Any
 
 import grpc
 
 from grpc_helper import ResultCode, RpcClient, RpcException
+from grpc_helper.grid._prefetch import Prefetch
 from grpc_helper.grid._session import RECONNECTABLE, Backoff
+from grpc_helper.grid._signals import install_stop_signals
 from grpc_helper.grid.api import grid_pb2 as pb
 from grpc_helper.grid.api import grid_pb2_grpc as pb_grpc
 from grpc_helper.grid.config import CHANNEL_OPTIONS
@@ -36,38 +34,6 @@ _log = logging.getLogger("grpc_helper.grid.worker")
 EXIT_ABORTED = 130
 
 _BATCH_BYTES = 2 * 1024 * 1024
-#: Adaptive prefetch: jobs buffered per runner to cover this much work (seconds), within the bounds below.
-_BUFFERED_WORK = 0.05
-_JOB_OVERHEAD = 50e-6  # per-job cost outside the handler (messages, threads), seconds
-_PREFETCH_MIN, _PREFETCH_MAX, _PREFETCH_START = 1, 512, 64
-
-
-class _Prefetch:
-    """The prefetch a worker asks for: fixed, or adapted to the handler's measured duration."""
-
-    def __init__(self, fixed: int | None, concurrency: int) -> None:
-        self.adaptive = fixed is None
-        self.concurrency = concurrency
-        self.value = _PREFETCH_START * concurrency if fixed is None else fixed
-        self._avg: float | None = None
-        self._told = self.value
-        self._told_at = 0.0
-
-    def record(self, seconds: float) -> int | None:
-        """Record a handler's duration; returns a new prefetch to announce, if it changed enough."""
-        if not self.adaptive:
-            return None
-        self._avg = seconds if self._avg is None else 0.9 * self._avg + 0.1 * seconds
-        wanted = math.ceil(self.concurrency * _BUFFERED_WORK / (self._avg + _JOB_OVERHEAD))
-        wanted = max(_PREFETCH_MIN, min(_PREFETCH_MAX * self.concurrency, wanted))
-        now = time.monotonic()
-        if abs(wanted - self._told) * 4 > self._told and now - self._told_at > 0.1:
-            self.value = self._told = wanted
-            self._told_at = now
-            return wanted
-        return None
-
-
 class GridWorker:
     """Serve jobs of ``(service_id, version)`` with ``handler(bytes) -> bytes``.
 
@@ -111,7 +77,7 @@ class GridWorker:
         self.version = str(version)
         self.handler = handler
         self.concurrency = concurrency
-        self._prefetch = _Prefetch(prefetch, concurrency)
+        self._prefetch = Prefetch(prefetch, concurrency)
         self.description = description or f"{socket.gethostname()}:{os.getpid()}"
         self.credentials = credentials
         self.connect_timeout = connect_timeout
@@ -174,7 +140,7 @@ class GridWorker:
         Raises ``RpcException`` when the server cannot be reached (or refuses the worker) before the first
         registration.
         """
-        restore = self._install_signals() if install_signals else None
+        restore = install_stop_signals(self.stop, self.abort) if install_signals else None
         runners = [
             threading.Thread(target=self._runner, name=f"grid-runner-{i}", daemon=True)
             for i in range(self.concurrency)
@@ -406,26 +372,3 @@ class GridWorker:
                         self._tune = tune
                 if len(self._results) == 1 or self._ready_to_leave() or tune is not None:
                     cond.notify_all()
-
-    # ---- signals ----
-
-    def _install_signals(self) -> Callable[[], None] | None:
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        count = [0]
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            count[0] += 1
-            if count[0] == 1:
-                _log.info("%s: finishing current jobs (again to exit at once)", signal.Signals(signum).name)
-                self.stop()
-            else:
-                self.abort()
-
-        previous: dict[int, Any] = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore

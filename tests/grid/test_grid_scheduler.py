@@ -298,3 +298,12 @@ def test_a_stalled_server_does_not_blame_its_workers() -> None:
         now[0] = 3.2 + tick / 10
         s.reap()
     assert not s.status()["workers"] and s.status()["counters"]["workers_lost"] == 1
+
+
+def test_default_prefetch_adapts_to_the_handler() -> None:
+    from grpc_helper.grid._prefetch import Prefetch
+
+    tiny, slow, fixed = Prefetch(None, 1), Prefetch(None, 1), Prefetch(8, 1)
+    assert tiny.record(1e-6) == 512 and tiny.value == 512  # fast for tiny jobs
+    assert slow.record(0.01) == 5 and slow.value == 5  # ~50 ms of work ahead: fair for slow ones
+    assert fixed.record(1e-6) is None and fixed.value == 8
