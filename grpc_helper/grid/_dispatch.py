@@ -30,11 +30,21 @@ from grpc_helper.grid.model import (
 
 #: finish(job, state, data, error, rc): complete a job (the scheduler routes it to its session).
 Finish = Callable[[JobRecord, JobState, bytes, str, int], None]
+#: requeued(job): a job goes back to the queue with new counts (failures, losses): the backend records them.
+Requeued = Callable[[JobRecord], None]
 
 
 class Dispatcher:
-    def __init__(self, limits: GridLimits, jobs: dict[int, JobRecord], counters: dict[str, int], finish: Finish) -> None:
+    def __init__(
+        self,
+        limits: GridLimits,
+        jobs: dict[int, JobRecord],
+        counters: dict[str, int],
+        finish: Finish,
+        requeued: Requeued,
+    ) -> None:
         self.limits = limits
+        self._requeued = requeued
         self._jobs = jobs
         self._counters = counters
         self._finish = finish
@@ -163,6 +173,7 @@ class Dispatcher:
         else:
             self._counters["retried"] += 1
             self.enqueue(job)
+            self._requeued(job)
 
     def give_back(self, worker: Worker, job_ids: Iterable[int]) -> None:
         """Leased jobs the (draining) worker did not start: back to the front of the queue, no penalty."""
@@ -223,8 +234,10 @@ class Dispatcher:
                         ResultCode.ERROR_RPC,
                     )
                     continue
-            else:
-                self._counters["returned"] += 1
+                self.enqueue(job, front=True)
+                self._requeued(job)
+                continue
+            self._counters["returned"] += 1
             self.enqueue(job, front=True)
         worker.leases.clear()
         worker.outbox.clear()

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from grpc_helper._cli import tls as cli_tls
 from grpc_helper._cli.endpoint import parse_endpoint
 from grpc_helper._cli.exits import CliError, ExitCode, run
 from grpc_helper._cli.parser import new_parser
+from grpc_helper.grid.backends import BACKENDS, Backend, SqliteBackend, StateDirBusy, default_state_dir, open_backend
 from grpc_helper.grid.client import GridClient
 from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.controller import GridController
@@ -70,6 +72,16 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="SERVICE=package.module:function",
         help="handler of workers spawned by start-worker for SERVICE (default: echo)",
+    )
+    serve.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="where accepted jobs and undelivered results live: sqlite (durable, in --state-dir; default) or "
+        "memory (lost when the server exits)",
+    )
+    serve.add_argument(
+        "--state-dir", default=str(default_state_dir()), help="sqlite backend's directory (default %(default)s)"
     )
     serve.add_argument("--admin", action="append", default=[], help="admin identity (also read from TLS_DIR/admins)")
     serve.add_argument("--max-jobs", type=int, default=GridLimits.max_jobs)
@@ -153,7 +165,16 @@ def _serve(args: argparse.Namespace) -> int:
                 logging.getLogger("grpc_helper.grid").warning("no certificate for spawned workers: %s", exc)
         if tls.TlsFiles(directory, SPAWNED_WORKER).cert.exists():
             client_credentials = tls.channel_credentials(directory, SPAWNED_WORKER, ca=args.ca)
-    return asyncio.run(_serve_async(args, limits, handlers, admins, credentials, client_credentials))
+    try:
+        backend = open_backend(args.backend, args.state_dir)
+    except StateDirBusy as exc:
+        raise CliError(str(exc), ExitCode.CONFLICT) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise CliError(f"cannot open the grid state in {args.state_dir}: {exc}", ExitCode.ERROR) from None
+    try:
+        return asyncio.run(_serve_async(args, limits, handlers, admins, credentials, client_credentials, backend))
+    finally:
+        backend.close()
 
 
 async def _serve_async(
@@ -163,10 +184,12 @@ async def _serve_async(
     admins: set[str],
     credentials: grpc.ServerCredentials | None,
     client_credentials: grpc.ChannelCredentials | None,
+    backend: Backend,
 ) -> int:
     hosting: list[AsyncRpcServer] = []  # the controller's shutdown stops the server once the grid is closed
     descs = descriptors(
         limits=limits,
+        backend=backend,
         handlers=handlers,
         worker_args=[*_spawned_tls_options(args, credentials), *args.worker_arg],
         on_shutdown=lambda: hosting[0].shutdown(2.0),
@@ -184,6 +207,7 @@ async def _serve_async(
     hosting.append(server)
     await server.start()
     mode = "plaintext" if credentials is None else f"mTLS, admins: {', '.join(sorted(admins)) or '-'}"
+    mode += f", backend {backend.name}" + (f" in {backend.state_dir}" if isinstance(backend, SqliteBackend) else "")
     print(f"grid serving on {args.host}:{server.port} ({mode})", flush=True)
     await server.serve_forever(grace=2.0)  # the grid closes first (begin_shutdown): workers drain, streams end
     return 0
@@ -206,6 +230,10 @@ def _worker(args: argparse.Namespace) -> int:
 def _print_status(status: dict[str, object]) -> None:
     workers = status.get("workers", [])
     queues = status.get("queues", [])
+    backend = status.get("backend", {})
+    if isinstance(backend, dict):
+        where = f" ({backend['path']})" if backend.get("path") else ""
+        print(f"backend: {backend.get('name')}{where}, durable: {'yes' if backend.get('durable') else 'no'}")
     print(f"workers: {len(workers)}")  # type: ignore[arg-type]
     for w in workers:  # type: ignore[attr-defined]
         print(
@@ -281,5 +309,5 @@ def _command(args: argparse.Namespace) -> int:
             print(f"worker started: pid {started.pid}, handler {started.handler}")
         elif args.command == "shutdown":
             done = ctl.shutdown(args.delay)
-            print(f"shutting down in {done.delay:g}s ({done.jobs_pending} job(s) pending will fail)")
+            print(f"shutting down in {done.delay:g}s ({done.jobs_pending} job(s) pending)")
     return ExitCode.OK

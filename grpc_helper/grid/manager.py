@@ -17,6 +17,7 @@ import grpc
 
 import grpc_helper.grid as grid_pkg
 from grpc_helper import Access, AsyncRpcManager, ResultCode, RpcException, RpcServiceDescriptor
+from grpc_helper.grid._backend import Backend
 from grpc_helper.grid._bridge import in_event_loop, sync_method
 from grpc_helper.grid._errors import grid_errors
 from grpc_helper.grid._identity import caller
@@ -71,6 +72,7 @@ class GridClientManager(pb_grpc.GridClientServiceServicer, _GridManager):
             ids = self.scheduler.submit(
                 request.session, caller(), (request.service_id, request.service_version), list(request.payloads)
             )
+        await self.grid.durable()  # accepted = stored: the ids are answered once the backend has the jobs
         return pb.SubmitResponse(job_ids=ids)
 
     async def results(self, request: pb.ResultsRequest, context: Any) -> AsyncIterator[pb.ResultBatch]:
@@ -90,6 +92,7 @@ class GridClientManager(pb_grpc.GridClientServiceServicer, _GridManager):
                 if batch is None:
                     return
                 if batch:
+                    await self.grid.durable()  # a result leaves only once stored (never sent, then forgotten)
                     yield result_batch(batch)
                 else:
                     await event.wait()
@@ -239,6 +242,7 @@ class GridControllerManager(pb_grpc.GridControllerServiceServicer, _GridManager)
 def descriptors(
     *,
     limits: GridLimits | None = None,
+    backend: Backend | None = None,
     handlers: Mapping[str, str] | None = None,
     default_handler: str = DEFAULT_HANDLER,
     worker_args: Sequence[str] = (),
@@ -249,6 +253,8 @@ def descriptors(
     """The grid's three services (``grid_client``, ``grid_worker``, ``grid_controller``) for an ``AsyncRpcServer``.
 
     :param limits: quotas, payload limit, retry policy, expiry and heartbeat timings.
+    :param backend: where accepted jobs and undelivered results are stored (``grpc_helper.grid.backend(...)``);
+        default: in memory only (lost when the process exits). The grid closes it at shutdown.
     :param handlers: service_id -> ``"package.module:function"`` run by workers spawned with ``start_worker``.
     :param default_handler: handler of spawned workers for services not in ``handlers`` (echo).
     :param worker_args: extra ``python -m grpc_helper.grid worker`` options for spawned workers (e.g. TLS files).
@@ -261,7 +267,7 @@ def descriptors(
     that gRPC's message limit follows ``max_payload_bytes``. The ``Grid`` is ``descriptors[0].manager.grid``.
     """
     grid = grid or Grid(
-        limits, handlers=handlers, default_handler=default_handler, worker_args=worker_args, on_shutdown=on_shutdown
+        limits, backend=backend, handlers=handlers, default_handler=default_handler, worker_args=worker_args, on_shutdown=on_shutdown
     )
     version = pb.GridApiVersion
     return [

@@ -2,8 +2,8 @@
 
 Pure logic: no I/O, no sleeps, no waiting. Streams learn that something is ready through the ``wake`` callbacks
 of their worker or session, called under the lock; the host runs ``reap()`` periodically (heartbeats, expiry).
-The state lives in memory; the parts only meet here, so a durable store can later take the place of the
-``jobs`` table and the sessions' records.
+The working state lives in memory; the durable facts (jobs accepted, results, jobs released) are recorded
+in a queue backend (``_backend``) as they happen, and recovered from it when the scheduler starts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from grpc_helper import ResultCode
 from grpc_helper.grid._admission import Admission
+from grpc_helper.grid._backend import Backend, MemoryBackend
 from grpc_helper.grid._delivery import Delivery
 from grpc_helper.grid._dispatch import Dispatcher
 from grpc_helper.grid._status import grid_status
@@ -52,6 +53,7 @@ COUNTERS = (
     "unknown_reported",
     "workers_registered",
     "workers_lost",
+    "recovered",
 )
 
 UNKNOWN_JOB = "job {} is unknown to the server (it restarted, or the result expired): resubmit"
@@ -66,8 +68,15 @@ def _first_job_id() -> int:
 class Scheduler:
     """All grid state. Thread-safe; every public method takes the lock and returns at once."""
 
-    def __init__(self, limits: GridLimits | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: GridLimits | None = None,
+        *,
+        backend: Backend | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits or GridLimits()
+        self.backend = backend or MemoryBackend()
         self._clock = clock
         self._lock = threading.Lock()
         self._next_id = _first_job_id()
@@ -77,7 +86,23 @@ class Scheduler:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._admission = Admission(self.limits)
         self._delivery = Delivery(self.limits, self._jobs)
-        self._dispatch = Dispatcher(self.limits, self._jobs, self.counters, self._finish)
+        self._dispatch = Dispatcher(self.limits, self._jobs, self.counters, self._finish, self.backend.updated)
+        self._recover()
+
+    def _recover(self) -> None:
+        """Take back what the backend kept from the previous process: queued jobs run (again), results wait."""
+        now = self._clock()
+        recovered = self.backend.recover()
+        for job in recovered:
+            session = self._delivery.session(job.session, job.owner, now, create=True)
+            self._jobs[job.id] = job
+            self._admission.hold(session, job)
+            if job.state in TERMINAL:
+                self._delivery.completed(job, now)
+            else:
+                self._dispatch.enqueue(job)
+            self._next_id = max(self._next_id, job.id + 1)
+        self.counters["recovered"] = len(recovered)
 
     # ---- life cycle ----
 
@@ -86,15 +111,16 @@ class Scheduler:
         return self._closed
 
     def close(self, reason: str = "grid shut down") -> int:
-        """Fail every job not completed (ERROR_STREAM_SHUTDOWN), stop workers, end result streams once flushed.
-        Returns the number of jobs failed."""
+        """Stop workers, end result streams once flushed. Returns the number of jobs failed: on a durable
+        backend none (they stay stored for the next server process), else every job not completed is failed
+        (ERROR_STREAM_SHUTDOWN)."""
         with self._lock:
             if self._closed:
                 return 0
             self._closed = True
             failed = 0
             for job in list(self._jobs.values()):
-                if job.state not in TERMINAL:
+                if job.state not in TERMINAL and not self.backend.durable:
                     self._dispatch.withdraw(job)
                     self._finish(job, JobState.FAILED, b"", reason, ResultCode.ERROR_STREAM_SHUTDOWN)
                     failed += 1
@@ -131,14 +157,16 @@ class Scheduler:
                 self.counters["rejected"] += len(payloads)
                 self._delivery.forget_if_idle(session)
                 raise
-            ids = []
+            jobs = []
             for payload in payloads:
                 job = JobRecord(self._next_id, session_id, owner, key, payload, len(payload))
                 self._next_id += 1
                 self._jobs[job.id] = job
                 self._admission.hold(session, job)
                 self._dispatch.enqueue(job)
-                ids.append(job.id)
+                jobs.append(job)
+            self.backend.accepted(jobs)
+            ids = [job.id for job in jobs]
             self.counters["submitted"] += len(ids)
             self._dispatch.dispatch(key)
             return ids
@@ -210,6 +238,7 @@ class Scheduler:
             acked = self._delivery.ack(session, job_ids)
             for job in acked:
                 self._admission.release(session, job)
+            self.backend.released(job.id for job in acked)
             self.counters["delivered"] += len(acked)
             self._delivery.forget_if_idle(session)
             return len(acked)
@@ -335,6 +364,7 @@ class Scheduler:
                 if session is not None:
                     self._admission.release(session, job)
                     self._delivery.drop(session, job)
+                    self.backend.released((job.id,))
                     self.counters["expired_results"] += 1
                     self._delivery.forget_if_idle(session)
             for session in self._delivery.idle_sessions(now):
@@ -351,7 +381,11 @@ class Scheduler:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return grid_status(self._dispatch, self._delivery, self._admission, self.counters, self._closed, self._clock())
+            status = grid_status(
+                self._dispatch, self._delivery, self._admission, self.counters, self._closed, self._clock()
+            )
+            status["backend"] = self.backend.status()
+            return status
 
     # ---- internals (lock held) ----
 
@@ -368,6 +402,7 @@ class Scheduler:
 
     def _end_session(self, session: Session) -> int:
         cancelled = 0
+        self.backend.released(list(session.jobs))
         for job_id in list(session.jobs):
             job = self._jobs.get(job_id)
             if job is None:
@@ -395,6 +430,7 @@ class Scheduler:
         job.error = error
         job.rc = rc
         self.counters[{JobState.DONE: "done", JobState.FAILED: "failed"}.get(state, "cancelled")] += 1
+        self.backend.updated(job)
         session = self._delivery.sessions.get(job.session)
         if session is not None:
             self._admission.resize(session, job, len(data))

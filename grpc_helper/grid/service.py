@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from grpc_helper.grid._backend import Backend
 from grpc_helper.grid._bridge import LoopThread
 from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.scheduler import Scheduler
@@ -43,12 +44,14 @@ class Grid:
         self,
         limits: GridLimits | None = None,
         *,
+        backend: Backend | None = None,
         handlers: Mapping[str, str] | None = None,
         default_handler: str = DEFAULT_HANDLER,
         worker_args: Sequence[str] = (),
         on_shutdown: Callable[[], Any] | None = None,
     ) -> None:
-        self.scheduler = Scheduler(limits)
+        self.scheduler = Scheduler(limits, backend=backend)
+        self.backend = self.scheduler.backend
         self.limits = self.scheduler.limits
         self.spawner = WorkerSpawner(
             handlers, default_handler=default_handler, worker_args=worker_args, max_running=self.limits.max_spawned
@@ -95,7 +98,12 @@ class Grid:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
         await asyncio.to_thread(self.spawner.stop_all)
+        await asyncio.to_thread(self.backend.close)
         self._closed.set()
+
+    async def durable(self) -> None:
+        """Wait until what the scheduler recorded so far is stored by the backend (at once in memory)."""
+        await self.backend.committed(self.backend.mark())
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block (another thread) until the grid is closed."""

@@ -187,7 +187,16 @@ class GridProcess:
 
 @pytest.fixture
 def grid_process() -> Iterator[GridProcess]:
-    server = GridProcess("--heartbeat", "0.2")
+    """A grid server process on the memory backend: a restart forgets every job."""
+    server = GridProcess("--heartbeat", "0.2", "--backend", "memory")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def durable_grid_process(tmp_path: Path) -> Iterator[GridProcess]:
+    """A grid server process on the sqlite backend in a state directory of its own (kept across restarts)."""
+    server = GridProcess("--heartbeat", "0.2", "--backend", "sqlite", "--state-dir", str(tmp_path / "grid-state"))
     yield server
     server.stop()
 

@@ -69,7 +69,8 @@ def test_cli_shutdown_of_standalone_server(tmp_path: Path) -> None:
     """`grid serve` speaks mTLS by default; the shutdown command needs an admin certificate."""
     certs.init(tmp_path, clients=["alice"], admins=["root"])
     serve = subprocess.Popen(
-        [sys.executable, "-m", "grpc_helper.grid", "serve", "--port", "0", "--tls-dir", str(tmp_path)],
+        [sys.executable, "-m", "grpc_helper.grid", "serve", "--port", "0", "--tls-dir", str(tmp_path),
+         "--state-dir", str(tmp_path / "state")],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -77,7 +78,7 @@ def test_cli_shutdown_of_standalone_server(tmp_path: Path) -> None:
     try:
         assert serve.stdout is not None
         line = serve.stdout.readline()
-        assert "(mTLS, admins: root)" in line
+        assert f"(mTLS, admins: root, backend sqlite in {tmp_path / 'state'})" in line
         endpoint = line.split()[3]
         plain = grid_cli("status", "--insecure", "--timeout", "2", "--endpoint", endpoint)
         assert plain.returncode != 0 and plain.stderr.startswith("error: ")

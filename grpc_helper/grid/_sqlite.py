@@ -1,0 +1,306 @@
+"""The ``sqlite`` backend: accepted jobs and undelivered results in ``STATE_DIR/grid.sqlite3`` (WAL).
+
+Group commit: the scheduler's records (made under its lock, never waiting) pile up in a pending map, one entry
+per job holding its latest row; a writer thread stores the whole pile in one transaction, then the next pile,
+so the records of a whole burst cost one commit. A job accepted and released within one pile is never written.
+
+``journal_mode=WAL`` with ``synchronous=NORMAL``: a commit is written to the WAL file without fsync. What a
+committed transaction guarantees: it survives the server process being killed (SIGKILL, crash, OOM) — the
+data is in the operating system's page cache; a power loss or kernel crash may lose the last transactions
+(those since the last WAL checkpoint's fsync) but never corrupts the database.
+
+The state directory is private (0700) and locked (``flock`` on ``STATE_DIR/grid.lock``) while a server uses it:
+a second server on the same directory is refused, naming the holder's pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from grpc_helper.grid._backend import Backend
+from grpc_helper.grid.model import TERMINAL, JobRecord, JobState
+
+_log = logging.getLogger("grpc_helper.grid")
+
+DB_NAME = "grid.sqlite3"
+LOCK_NAME = "grid.lock"
+_SCHEMA = 1
+
+_Row = tuple[Any, ...]
+
+_COLUMNS = (
+    "id, session, owner, service_id, service_version, payload, state, data, error, rc, attempts, failures, losses,"
+    " suspect"
+)
+_CREATE = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY, session TEXT NOT NULL, owner TEXT NOT NULL, service_id TEXT NOT NULL,
+    service_version TEXT NOT NULL, payload BLOB, state INTEGER NOT NULL, data BLOB NOT NULL, error TEXT NOT NULL,
+    rc INTEGER NOT NULL, attempts INTEGER NOT NULL, failures INTEGER NOT NULL, losses INTEGER NOT NULL,
+    suspect INTEGER NOT NULL
+);
+PRAGMA user_version = {_SCHEMA};
+"""
+_UPSERT = f"INSERT OR REPLACE INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM jobs WHERE id = ?"
+
+
+class StateDirBusy(Exception):
+    """Another grid server holds the state directory."""
+
+
+def default_state_dir() -> Path:
+    """$GRPC_HELPER_GRID_DIR, else ~/.local/state/grpc-helper/grid."""
+    env = os.environ.get("GRPC_HELPER_GRID_DIR")
+    return Path(env) if env else Path.home() / ".local" / "state" / "grpc-helper" / "grid"
+
+
+def _row(job: JobRecord) -> _Row:
+    # A running job is stored as queued: its lease dies with the process.
+    state = int(job.state) if job.state in TERMINAL else int(JobState.QUEUED)
+    return (
+        job.id, job.session, job.owner, job.key[0], job.key[1], job.payload, state, job.data, job.error, job.rc,
+        job.attempts, job.failures, job.losses, int(job.suspect),
+    )
+
+
+def _lock(directory: Path) -> int:
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StateDirBusy(
+                f"state directory {directory} is in use by another grid server (pid {holder[:20]}); "
+                "stop it or choose another --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class SqliteBackend(Backend):
+    """Durable backend in a state directory; see the module's docstring for what survives what."""
+
+    name = "sqlite"
+    durable = True
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self.state_dir = Path(state_dir).expanduser().resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)
+        self._lock_fd = _lock(self.state_dir)
+        try:
+            self.path = self.state_dir / DB_NAME
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            os.chmod(self.path, 0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA):
+                raise ValueError(f"{self.path}: schema version {version} is not supported (expected {_SCHEMA})")
+            self._db.executescript(_CREATE)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: dict[int, _Row | None] = {}
+        self._new: set[int] = set()  # ids of the pending map not stored yet
+        self._seq = 0  # records made
+        self._stored = 0  # records stored
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._closing = False
+        self._closed = False
+        self.commits = 0
+        self.rows = 0
+        self.errors = 0
+        self._writer = threading.Thread(target=self._write_loop, name="grid-sqlite", daemon=True)
+        self._writer.start()
+
+    # ---- recovery ----
+
+    def recover(self) -> list[JobRecord]:
+        jobs = []
+        for row in self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY id"):
+            (job_id, session, owner, service, version, payload, state, data, error, rc, attempts, failures, losses,
+             suspect) = row
+            state = JobState(state)
+            size = len(data) if state in TERMINAL else len(payload or b"")
+            jobs.append(
+                JobRecord(
+                    job_id, session, owner, (service, version), payload, size, state=state, attempts=attempts,
+                    suspect=bool(suspect), failures=failures, losses=losses, data=data, error=error, rc=rc,
+                )
+            )
+        return jobs
+
+    # ---- records (called under the scheduler's lock: never wait) ----
+
+    def accepted(self, jobs: Sequence[JobRecord]) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            for job in jobs:
+                self._pending[job.id] = _row(job)
+                self._new.add(job.id)
+            self._record(len(jobs))
+
+    def updated(self, job: JobRecord) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            self._pending[job.id] = _row(job)
+            self._record(1)
+
+    def released(self, job_ids: Iterable[int]) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            count = 0
+            for job_id in job_ids:
+                count += 1
+                if job_id in self._new:
+                    self._new.discard(job_id)
+                    self._pending.pop(job_id, None)  # never stored: nothing to delete
+                else:
+                    self._pending[job_id] = None
+            self._record(count)
+
+    def _record(self, count: int) -> None:
+        if count:
+            self._seq += count
+            self._cond.notify()
+
+    # ---- waiting ----
+
+    def mark(self) -> int:
+        return self._seq
+
+    async def committed(self, mark: int) -> None:
+        if mark <= self._stored:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if mark <= self._stored or self._closed:
+                return
+            self._waiters.append((mark, loop, future))
+        await future
+
+    def flush(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            mark = self._seq
+            return self._cond.wait_for(lambda: self._stored >= mark or self._closed, timeout)
+
+    # ---- the writer thread ----
+
+    def _write_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending) or self._closing or self._seq > self._stored)
+                if not self._pending and self._closing:
+                    return
+                pending, self._pending = self._pending, {}
+                new, self._new = self._new, set()
+                seq = self._seq
+            try:
+                self._store(pending)
+            except sqlite3.Error as exc:
+                self.errors += 1
+                if self._closing:
+                    _log.error("grid state %s: %d record(s) not stored at close: %s", self.path, len(pending), exc)
+                    return
+                _log.error("grid state %s: cannot store %d record(s): %s (retrying)", self.path, len(pending), exc)
+                with self._cond:
+                    pending.update(self._pending)  # newer records win
+                    self._pending = pending
+                    self._new |= new
+                time.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
+                continue
+            backoff = 0.05
+            self._stored_up_to(seq)
+
+    def _store(self, pending: dict[int, _Row | None]) -> None:
+        if not pending:
+            return
+        upserts = [row for row in pending.values() if row is not None]
+        deletes = [(job_id,) for job_id, row in pending.items() if row is None]
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            if upserts:
+                db.executemany(_UPSERT, upserts)
+            if deletes:
+                db.executemany(_DELETE, deletes)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.rows += len(pending)
+
+    def _stored_up_to(self, seq: int) -> None:
+        with self._cond:
+            self._stored = seq
+            ready = [w for w in self._waiters if w[0] <= seq]
+            self._waiters = [w for w in self._waiters if w[0] > seq]
+            self._cond.notify_all()
+        for _, loop, future in ready:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, future)
+
+    # ---- life cycle ----
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._writer.join()
+        with self._cond:
+            self._closed = True
+            waiters, self._waiters = self._waiters, []
+            self._cond.notify_all()
+        for _, loop, future in waiters:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future)
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "durable": self.durable,
+            "path": str(self.path),
+            "commits": self.commits,
+            "rows_written": self.rows,
+            "errors": self.errors,
+            "pending": self._seq - self._stored,
+        }
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
