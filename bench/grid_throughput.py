@@ -1,12 +1,16 @@
 """Grid throughput vs ``ProcessPoolExecutor(2)`` (one ``submit()`` per job, same payloads), defaults first.
 
-Grid: a ``grid serve`` process (plaintext on loopback), 2 worker processes (concurrency 1, default adaptive
+Grid: a ``grid serve`` process (plaintext on loopback, default sqlite backend), 2 worker processes (concurrency 1, default adaptive
 prefetch unless ``--prefetch``), the ``GridClient`` here (``map``). Prints jobs/s and the ratio to the pool for
 tiny jobs (32-byte payload, echo; goal >= 5) and 10 ms jobs (goal >= 0.98). With ``--peers``, the same tiny
 and 10 ms jobs on Dask distributed (2 worker processes) and Celery (2 prefork workers, Redis broker on
 127.0.0.1:6379), installed in a virtualenv of their own (never project dependencies).
 
-    .venv/bin/python bench/grid_throughput.py [--tiny 20000] [--slow 400] [--prefetch N] [--peers]
+The grid runs on its default backend (sqlite, durable; a fresh state directory per run). The backend row runs
+the same tiny jobs on the sqlite and the memory backend, alternately (``--rounds`` each, best kept): the ratio
+is what durability costs (goal >= 0.7).
+
+    .venv/bin/python bench/grid_throughput.py [--tiny 20000] [--slow 400] [--prefetch N] [--rounds 2] [--peers]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,10 +37,12 @@ PEER_PACKAGES = ["dask[distributed]", "celery[redis]"]
 
 
 @contextmanager
-def grid(workers: int, handler: str, prefetch: int | None) -> Iterator[str]:
+def grid(workers: int, handler: str, prefetch: int | None, backend: str = "sqlite") -> Iterator[str]:
     py = sys.executable
+    state = tempfile.TemporaryDirectory(prefix="grid-bench-")
     server = subprocess.Popen(
-        [py, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", "0"],
+        [py, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", "0", "--backend", backend,
+         "--state-dir", state.name],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     procs: list[subprocess.Popen[str]] = []
@@ -57,6 +64,7 @@ def grid(workers: int, handler: str, prefetch: int | None) -> Iterator[str]:
             proc.wait(10)
         server.terminate()
         server.wait(10)
+        state.cleanup()
 
 
 def run_grid(endpoint: str, payloads: list[bytes]) -> float:
@@ -89,6 +97,20 @@ def measure(name: str, handler: str, fn: Callable[[bytes], bytes], count: int, p
     setting = "default prefetch" if prefetch is None else f"prefetch {prefetch}"
     print(f"{name:<12} jobs={count:<6} grid={grid_rate:9.0f} jobs/s  pool={pool_rate:9.0f} jobs/s  "
           f"ratio={ratio:.2f} (goal >= {goal}; {setting})", flush=True)
+    return ratio
+
+
+def measure_backends(count: int, rounds: int) -> float:
+    """Tiny jobs on the sqlite backend vs the memory backend, alternately; the ratio of the best rates."""
+    payloads = [os.urandom(16).hex().encode() for _ in range(count)]
+    best = {"sqlite": 0.0, "memory": 0.0}
+    for _ in range(rounds):
+        for backend in best:
+            with grid(2, "grpc_helper.grid.handlers:echo", None, backend) as endpoint:
+                best[backend] = max(best[backend], run_grid(endpoint, payloads))
+    ratio = best["sqlite"] / best["memory"]
+    print(f"{'backends':<12} jobs={count:<6} sqlite={best['sqlite']:9.0f} jobs/s  memory={best['memory']:9.0f} jobs/s  "
+          f"ratio={ratio:.2f} (goal >= 0.7; tiny echo jobs, default prefetch, best of {rounds})", flush=True)
     return ratio
 
 
@@ -142,6 +164,7 @@ def main() -> int:
     parser.add_argument("--tiny", type=int, default=20000, help="tiny jobs")
     parser.add_argument("--slow", type=int, default=400, help="10 ms jobs")
     parser.add_argument("--prefetch", type=int, default=None, help="also measure tiny jobs with this fixed prefetch")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per backend of the backend row")
     parser.add_argument("--peers", action="store_true", help="also run Dask distributed and Celery (own venv)")
     parser.add_argument("--peer-tiny", type=int, default=3000, help="tiny jobs for the peers")
     args = parser.parse_args()
@@ -150,7 +173,8 @@ def main() -> int:
     slow = measure("10 ms jobs", "grpc_helper.grid.handlers:sleep_echo", sleep_echo, args.slow, None, 0.98)
     if args.prefetch is not None:
         measure("tiny (echo)", "grpc_helper.grid.handlers:echo", echo, args.tiny, args.prefetch, 5)
-    print(f"grid tiny={tiny:.2f} slow={slow:.2f}", flush=True)
+    durable = measure_backends(args.tiny, args.rounds)
+    print(f"grid tiny={tiny:.2f} slow={slow:.2f} sqlite/memory={durable:.2f}", flush=True)
     if args.peers:
         python = peer_python()
         with redis():
