@@ -7,6 +7,8 @@ real grid server process SIGKILLed under a live client and live workers.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.model import JobState, WorkerResult
 from grpc_helper.grid.scheduler import Scheduler
 
-from .conftest import WAIT, GridProcess
+from .conftest import ROOT, WAIT, GridProcess, worker_env
 
 KEY = ("echo", "1")
 
@@ -145,6 +147,15 @@ def test_state_dir_is_locked_and_private(tmp_path: Path) -> None:
     finally:
         backend.close()
     SqliteBackend(tmp_path / "state").close()  # released at close
+
+
+def test_second_server_on_a_state_dir_is_refused(durable_grid_process: GridProcess, tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", "0", "--state-dir",
+            str(tmp_path / "grid-state")]  # the fixture's state directory
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT, env=worker_env(), cwd=ROOT)
+    assert second.returncode == 7, second.stderr
+    assert second.stderr.startswith("error: state directory ") and "in use by another grid server" in second.stderr
+    assert durable_grid_process.proc is not None and durable_grid_process.proc.poll() is None
 
 
 def test_open_backend(tmp_path: Path) -> None:
