@@ -92,18 +92,19 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
                         watchdog.sending(context, cut)
                         await context.write(item)
                         watchdog.sent(context)
-                except asyncio.CancelledError:
-                    if not stalled:
-                        raise
-                    # The status goes out after the stuck reply, whenever the reader reads (if ever): the
-                    # caller's quota is given back now.
-                    watchdog.sent(context)
-                    scope.leave(ticket)
-                    ticket = None
-                    await context.abort_with_status(to_status(watchdog.stalled_error()))  # type: ignore[attr-defined]
                 except grpc.aio.AbortError:
                     raise
-                except Exception as exc:
+                except BaseException as exc:
+                    if stalled:
+                        # However the cut surfaced (a cancelled write, or an error grpc made of it), the caller's
+                        # quota is given back now: the status goes out after the stuck reply, whenever (if ever)
+                        # the reader reads.
+                        watchdog.sent(context)
+                        scope.leave(ticket)
+                        ticket = None
+                        await context.abort_with_status(to_status(watchdog.stalled_error()))  # type: ignore[attr-defined]
+                    if not isinstance(exc, Exception):
+                        raise
                     await _abort(context, method, exc)
                 finally:
                     watchdog.sent(context)
