@@ -31,6 +31,16 @@ def test_aio_all_is_pinned() -> None:
 
 
 SERVICE_PACKAGES = {
+    "jobs": {"JobsLimits", "__title__", "__version__", "default_state_dir", "descriptor"},
+    "certs": {
+        "CertificateError", "DEFAULT_DIR", "TlsFiles", "admins_of", "channel_credentials", "default_ca_dir",
+        "default_client", "default_dir", "init", "server_credentials",
+    },
+    "info": {"InfoManager", "info_descriptor", "service_info"},
+    "testing": {
+        "AsyncClientFactory", "AsyncServerFactory", "ClientFactory", "ServerFactory", "default_stubs",
+        "rpc_client_factory", "rpc_dump_folder", "rpc_server_factory",
+    },
     "config": {"Config", "ConfigError", "ConfigItem", "ConfigManager", "CoreConfig", "Folders", "Kind"},
     "events": {"AsyncEventListener", "AsyncEventsManager", "EventListener", "Events", "EventsManager"},
     "logger": {"LogFiles", "LoggerManager", "service_logger"},
