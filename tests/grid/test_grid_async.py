@@ -36,3 +36,11 @@ async def test_async_client(grid_server: GridServer, spawn_worker) -> None:
         with pytest.raises(RpcException) as unknown:
             await client.get_result(10**9)
         assert unknown.value.rc == ResultCode.ERROR_ITEM_UNKNOWN
+
+
+async def test_async_client_calls_have_deadlines() -> None:
+    """No server: calls fail within the client's timeout instead of waiting for it forever."""
+    async with AsyncGridClient("127.0.0.1:1", timeout=0.5) as client:
+        with pytest.raises(RpcException) as info:
+            await asyncio.wait_for(client.submit("echo", "1", b"x"), WAIT)
+    assert info.value.rc in (ResultCode.ERROR_RPC, ResultCode.ERROR_DEADLINE)

@@ -132,3 +132,12 @@ def test_worker_reconnects_after_its_stream_is_dropped(grid_server_factory, spaw
         assert client.submit("echo", "1", b"back").result(WAIT) == b"back"
     assert worker.poll() is None
     assert ALICE  # identities of the TLS directory (conftest)
+
+
+def test_pending_jobs_fail_when_the_server_stays_away(grid_process: GridProcess) -> None:
+    with GridClient(grid_process.endpoint, timeout=1.0) as client:
+        waiting = client.submit("nobody", "1", b"never runs")
+        grid_process.kill()  # and no restart
+        with pytest.raises(RpcException) as info:
+            waiting.result()  # no timeout: still ends, once the server was unreachable for the client's timeout
+    assert info.value.rc == ResultCode.ERROR_RPC and "unreachable" in info.value.message
