@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_helper import BuiltinServices, CallLimits, ResultCode, RpcException
-from grpc_helper.api.events_pb2 import ERROR_EVENTS_LOST, EventRequest
+from grpc_helper import BuiltinServices, CallLimits, ResultCode, RpcException, certs
+from grpc_helper.api.events_pb2 import ERROR_EVENTS_LOST, EventFilter, EventRequest, ListenItem
 from grpc_helper.events import Events
 from services.relay import Relay
 
@@ -76,14 +76,27 @@ def test_resume_after_the_server_cut_a_slow_reader(svc: Any) -> None:
     big = {f"p{i}": "x" * 4096 for i in range(64)}  # 256 KiB per event: flow control soon stops the sender
     for _ in range(40):
         events.send("big", big)
-    deadline = time.monotonic() + 60
-    while True:  # the cut frees the caller's only stream slot
-        try:
-            probe = subscribed(svc.listen(client, ["none"]))
-            break
-        except RpcException as exc:
-            assert exc.rc == ResultCode.ERROR_RESOURCE_EXHAUSTED and time.monotonic() < deadline
-    probe.close()
+    # The cut frees the caller's only stream slot: a one-shot raw call (no retry, no resume) gets in.
+    credentials = certs.channel_credentials(svc.tls, "root")
+    with grpc.secure_channel(f"localhost:{server.port}", credentials) as channel:
+        listen = channel.unary_stream(
+            "/grpc_helper.api.EventsService/listen", request_serializer=EventFilter.SerializeToString,
+            response_deserializer=ListenItem.FromString,
+        )
+
+        def admitted() -> bool:
+            call = listen(EventFilter(names=["none"]), timeout=10)
+            try:
+                return next(iter(call)).HasField("keepalive")
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                return False
+            finally:
+                call.cancel()
+
+        deadline = time.monotonic() + 60
+        while not admitted():
+            assert time.monotonic() < deadline
     got = take(slow, 40)
     assert [e.sequence for e in got] == list(range(1, 41))
 
