@@ -43,6 +43,7 @@ class CallGate:
     def __init__(self, resolver: IdentityResolver, quotas: QuotaTable, secure: bool = True) -> None:
         self.resolver = resolver
         self.quotas = quotas
+        self._hosts: dict[str, str] = {}  # peer -> quota key of an anonymous caller (bounded cache)
         #: False on plaintext servers: no caller has an identity there (and reading the auth context is skipped).
         self.secure = secure
 
@@ -54,9 +55,19 @@ class CallGate:
             refusal = rule.refusal(name, identity)
             if refusal is not None:
                 raise refusal
-        key = identity.name if identity is not None else peer_host(context.peer())
+        if identity is not None:
+            key = identity.name
+        else:
+            peer = context.peer()
+            key = self._hosts.get(peer) or self._host_of(peer)
         self.quotas.acquire(key, streaming)
         return Admission(identity, key, streaming)
+
+    def _host_of(self, peer: str) -> str:
+        if len(self._hosts) > 4096:
+            self._hosts.clear()
+        key = self._hosts[peer] = peer_host(peer)
+        return key
 
     def release(self, admission: Admission) -> None:
         self.quotas.release(admission.key, admission.streaming)

@@ -113,12 +113,13 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
 
             return rebuild_handler(handler, stream, safe=True)
 
-        result = call if is_coroutine else _async_result(call)
 
         async def unary(request: Any, context: Context) -> Any:
             ticket = await enter(context)
             try:
-                return await result(scope.decoded(request), context)
+                if is_coroutine:
+                    return await call(scope.decoded(request), context)
+                return call(scope.decoded(request), context)  # a plain def runs on the loop: it must not block
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
@@ -145,12 +146,3 @@ def _async_items(call: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
             yield item
 
     return items
-
-
-def _async_result(call: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """A plain ``def`` unary method, as a coroutine function (it runs on the loop: it must not block)."""
-
-    async def result(request: Any, context: Context) -> Any:
-        return call(request, context)
-
-    return result
