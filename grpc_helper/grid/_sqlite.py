@@ -1,8 +1,9 @@
 """The ``sqlite`` backend: accepted jobs and undelivered results in ``STATE_DIR/grid.sqlite3`` (WAL).
 
 Group commit: the scheduler's records (made under its lock, never waiting) pile up in a pending map, one entry
-per job holding its latest row; a writer thread stores the whole pile in one transaction, then the next pile,
-so the records of a whole burst cost one commit. A job accepted and released within one pile is never written.
+per job holding its latest row; a writer thread waits ``GROUP_COMMIT_WINDOW`` (2 ms) after the first record,
+then stores the whole pile in one transaction, then the next pile, so the records of a whole burst cost one
+commit. A job accepted and released within one pile is never written.
 
 ``journal_mode=WAL`` with ``synchronous=NORMAL``: a commit is written to the WAL file without fsync. What a
 committed transaction guarantees: it survives the server process being killed (SIGKILL, crash, OOM) — the
@@ -33,6 +34,8 @@ from grpc_helper.grid.model import TERMINAL, JobRecord, JobState
 _log = logging.getLogger("grpc_helper.grid")
 
 DB_NAME = "grid.sqlite3"
+#: Seconds the writer lets records gather after the first one before it takes the pile (bench: 2 ms beats 0).
+GROUP_COMMIT_WINDOW = 0.002
 LOCK_NAME = "grid.lock"
 _SCHEMA = 1
 
@@ -51,7 +54,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 PRAGMA user_version = {_SCHEMA};
 """
-_UPSERT = f"INSERT OR REPLACE INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT OR REPLACE INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE = (
+    "UPDATE jobs SET payload = ?, state = ?, data = ?, error = ?, rc = ?, attempts = ?, failures = ?, losses = ?,"
+    " suspect = ? WHERE id = ?"
+)
 _DELETE = "DELETE FROM jobs WHERE id = ?"
 
 
@@ -99,7 +106,7 @@ class SqliteBackend(Backend):
     name = "sqlite"
     durable = True
 
-    def __init__(self, state_dir: Path | str) -> None:
+    def __init__(self, state_dir: Path | str, *, window: float = GROUP_COMMIT_WINDOW) -> None:
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
@@ -128,6 +135,7 @@ class SqliteBackend(Backend):
         self.commits = 0
         self.rows = 0
         self.errors = 0
+        self.window = window
         self._writer = threading.Thread(target=self._write_loop, name="grid-sqlite", daemon=True)
         self._writer.start()
 
@@ -215,11 +223,14 @@ class SqliteBackend(Backend):
                 self._cond.wait_for(lambda: bool(self._pending) or self._closing or self._seq > self._stored)
                 if not self._pending and self._closing:
                     return
+            if self.window and not self._closing:
+                time.sleep(self.window)  # let the burst gather: fewer rows (accepted then released: none)
+            with self._cond:
                 pending, self._pending = self._pending, {}
                 new, self._new = self._new, set()
                 seq = self._seq
             try:
-                self._store(pending)
+                self._store(pending, new)
             except sqlite3.Error as exc:
                 self.errors += 1
                 if self._closing:
@@ -236,16 +247,27 @@ class SqliteBackend(Backend):
             backoff = 0.05
             self._stored_up_to(seq)
 
-    def _store(self, pending: dict[int, _Row | None]) -> None:
+    def _store(self, pending: dict[int, _Row | None], new: set[int]) -> None:
+        """One transaction: rows not stored yet inserted, stored ones updated (payload onwards), released deleted."""
         if not pending:
             return
-        upserts = [row for row in pending.values() if row is not None]
-        deletes = [(job_id,) for job_id, row in pending.items() if row is None]
+        inserts = []
+        updates = []
+        deletes = []
+        for job_id, row in pending.items():
+            if row is None:
+                deletes.append((job_id,))
+            elif job_id in new:
+                inserts.append(row)
+            else:
+                updates.append((*row[5:], job_id))
         db = self._db
         db.execute("BEGIN")
         try:
-            if upserts:
-                db.executemany(_UPSERT, upserts)
+            if inserts:
+                db.executemany(_INSERT, inserts)
+            if updates:
+                db.executemany(_UPDATE, updates)
             if deletes:
                 db.executemany(_DELETE, deletes)
             db.execute("COMMIT")
