@@ -230,3 +230,19 @@ def test_server_sigkilled_under_live_client_and_workers(
         assert backend.recover() == []  # everything delivered, acknowledged and released: nothing left behind
     finally:
         backend.close()
+
+
+def test_hosted_sqlite_backend_and_status(grid_server_factory, spawn_worker, tmp_path: Path) -> None:
+    """``descriptors(backend=...)`` on an ``AsyncRpcServer``; ``grid status`` prints the backend first."""
+    backend = open_backend("sqlite", tmp_path / "hosted")
+    server = grid_server_factory(backend=backend)
+    spawn_worker("grid_handlers:upper", server=server)
+    with server.client() as client:
+        assert client.submit("echo", "1", b"kept").result(WAIT) == b"KEPT"
+    out = server.cli("status")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == f"backend: sqlite ({tmp_path / 'hosted' / 'grid.sqlite3'}), durable: yes"
+    status = server.status()["backend"]
+    assert status["commits"] >= 1 and status["errors"] == 0
+    server.stop()  # the grid closes its backend: the state directory is free again
+    SqliteBackend(tmp_path / "hosted").close()
