@@ -155,7 +155,7 @@ class RpcClient(ClientCore):
         credentials: grpc.ChannelCredentials | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        super().__init__(host, port, stubs, timeout, name, options)
+        super().__init__(host, port, stubs, timeout, name, options, secure=credentials is not None)
         if credentials is None:
             self._channel = grpc.insecure_channel(self.target, options=self._options)
         else:

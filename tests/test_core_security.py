@@ -271,3 +271,27 @@ def test_health_list(stack_server: Any) -> None:
     assert statuses[""] == health_pb2.HealthCheckResponse.SERVING
     assert statuses["tests.sample.SampleService"] == health_pb2.HealthCheckResponse.SERVING
     assert "grpc_helper.api.InfoService" in statuses
+
+
+@pytest.mark.parametrize("case", ["no-client-certificate", "foreign-ca"])
+def test_certificate_problems_are_reported_at_once(tls_server: Any, ca: MiniCa, case: str) -> None:
+    """A client whose certificates don't fit the server's is told so within a second, not after its whole
+    retry budget as if the server were down."""
+    import time
+
+    from grpc_helper import RpcClient
+    from sample_service import stubs
+
+    server = tls_server()
+    if case == "no-client-certificate":
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.pem)
+    else:
+        credentials = MiniCa().client_credentials("alice")  # another CA: the server's certificate is not trusted
+    with RpcClient("localhost", server.port, stubs(), credentials=credentials, timeout=60) as client:
+        start = time.monotonic()
+        with pytest.raises(RpcException) as caught:
+            client.sample.echo(Request(text="x"))
+        elapsed = time.monotonic() - start
+    assert caught.value.rc == ResultCode.ERROR_RPC
+    assert "TLS with" in caught.value.message and "handshake failed" in caught.value.message
+    assert elapsed < 30  # far less than the 60 s retry budget

@@ -89,10 +89,11 @@ class ClientCore:
         timeout: float,
         name: str | None,
         options: Iterable[tuple[str, Any]],
+        secure: bool = False,
     ) -> None:
         self.target = target(host, port)
         self.name = name or "grpc-helper-client"
-        self.retry = RetryPolicy(timeout)
+        self.retry = RetryPolicy(timeout, secure=secure)
         self._options = [*CHANNEL_OPTIONS, *options]
         #: attribute -> (stub class, metadata sent with each call of that service)
         self._stub_specs: dict[str, tuple[type, Metadata]] = {}

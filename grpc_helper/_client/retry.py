@@ -17,14 +17,27 @@ import grpc
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.errors import RpcException, carries_result, from_rpc_error
 
+#: How grpc words a TLS handshake that failed on the client's side (e.g. a server certificate our CA did not sign).
+_HANDSHAKE_FAILED = "handshake failed"
+#: How grpc words a connection the server closed; over TLS, during the handshake: our certificate was refused.
+_SOCKET_CLOSED = "socket closed"
+#: Closed TLS connections in a row taken as a refused client certificate rather than an outage.
+MAX_CLOSED_HANDSHAKES = 3
+
 
 class RetryPolicy:
-    """How long and how often a call is retried while the server is unreachable (capped, jittered back-off)."""
+    """How long and how often a call is retried while the server is unreachable (capped, jittered back-off).
 
-    def __init__(self, timeout: float, first_delay: float = 0.05, max_delay: float = 1.0) -> None:
+    Certificate problems are not outages: a failed TLS handshake ends the call at once, and a TLS server that
+    keeps closing the connection (it refuses the client's certificate, or got none) after a few attempts, both
+    with a message saying so (``ERROR_RPC``)."""
+
+    def __init__(self, timeout: float, first_delay: float = 0.05, max_delay: float = 1.0, secure: bool = False) -> None:
         self.timeout = timeout
         self.first_delay = first_delay
         self.max_delay = max_delay
+        #: True for TLS channels.
+        self.secure = secure
 
     @staticmethod
     def retryable(error: grpc.RpcError) -> bool:
@@ -52,6 +65,7 @@ class CallPlan:
         self._retry_end = start + policy.timeout if self.deadline is None else min(start + policy.timeout, self.deadline)
         self._delay = policy.first_delay
         self._last: grpc.RpcError | None = None
+        self._closed_handshakes = 0
 
     def attempt_timeout(self, closed: bool) -> float | None:
         """Before an attempt: its gRPC timeout (what is left of the deadline). Raises ``RpcException`` when the
@@ -71,6 +85,7 @@ class CallPlan:
             raise closed_error(self._target)
         if not (replayable and self._policy.retryable(error)):
             raise from_rpc_error(error)
+        self._check_certificates(error)
         self._last = error
         left = self._retry_end - self._clock()
         if left <= 0:
@@ -78,6 +93,23 @@ class CallPlan:
         delay = min(left, self._delay * random.uniform(0.5, 1.0))
         self._delay = min(self._policy.max_delay, self._delay * 2)
         return delay
+
+    def _check_certificates(self, error: grpc.RpcError) -> None:
+        """Raise at once when the failure is a certificate problem rather than an unreachable server."""
+        if not self._policy.secure:
+            return
+        details = str(error.details() or "")  # type: ignore[attr-defined]
+        lowered = details.lower()
+        if _HANDSHAKE_FAILED in lowered:
+            raise RpcException(f"TLS with {self._target} failed (a certificate problem: not retried): {details}",
+                               ResultCode.ERROR_RPC)
+        self._closed_handshakes = self._closed_handshakes + 1 if _SOCKET_CLOSED in lowered else 0
+        if self._closed_handshakes >= MAX_CLOSED_HANDSHAKES:
+            raise RpcException(
+                f"TLS with {self._target}: handshake failed: the server closed the connection "
+                f"{self._closed_handshakes} times in a row (it refuses this client's certificate, or got none)",
+                ResultCode.ERROR_RPC,
+            )
 
     def _unreachable(self, error: grpc.RpcError) -> RpcException:
         details = error.details()  # type: ignore[attr-defined]

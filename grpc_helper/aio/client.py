@@ -186,7 +186,7 @@ class AsyncRpcClient(ClientCore):
         credentials: grpc.ChannelCredentials | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        super().__init__(host, port, stubs, timeout, name, options)
+        super().__init__(host, port, stubs, timeout, name, options, secure=credentials is not None)
         self._credentials = credentials
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
