@@ -279,8 +279,9 @@ def test_certificate_problems_are_reported_at_once(tls_server: Any, ca: MiniCa, 
     retry budget as if the server were down."""
     import time
 
-    from grpc_helper import RpcClient
     from sample_service import stubs
+
+    from grpc_helper import RpcClient
 
     server = tls_server()
     if case == "no-client-certificate":
