@@ -119,11 +119,11 @@ def test_usr2_dump_lists_threads_and_pending_calls(rpc_server_factory: Any, rpc_
         client_name = "dump-test-client"
         with RpcClient("127.0.0.1", server.port, stubs(), name=client_name) as client, ThreadPoolExecutor(1) as pool:
             pending = pool.submit(client.sample.echo, Request(text="pending", delay=30))
-            assert manager.entered.wait(5)
+            assert manager.entered.wait(30)
             os.kill(os.getpid(), signal.SIGUSR2)
             dumps = list(rpc_dump_folder.glob("RpcServerDump-*.txt"))
             manager.release.set()
-            pending.result(10)
+            pending.result(30)
         assert len(dumps) == 1
         assert len(dumps[0].name) == len("RpcServerDump-YYYYMMDDhhmmss.txt")
         text = dumps[0].read_text()
