@@ -8,6 +8,7 @@ import random
 import grpc
 import psutil
 import pytest
+from sample_service import wait_until
 
 from grpc_helper import RpcException
 from grpc_helper.jobs.api import jobs_pb2
@@ -153,6 +154,8 @@ def test_restart_keeps_finished_jobs_and_marks_running_ones_lost(jobs_env):
     mark = _marked_sleep()
     running = run(jobs, "sh", "-c", f"sleep {mark} & echo $!; wait")
     child_inside = int(first_line(jobs, running.job_id))
+    # The shell printed the pid before its child became `sleep` (exec): wait for it, bounded.
+    assert wait_until(lambda: len(_alive_with_args("sleep", mark)) == 1, 30)
     [child] = _alive_with_args("sleep", mark)
     # Simulate a crash: the manager never stops the job; recovery must find and kill it.
     env.server.manager._live.clear()
@@ -160,7 +163,7 @@ def test_restart_keeps_finished_jobs_and_marks_running_ones_lost(jobs_env):
     jobs = env.jobs("alice")
     lost = status(jobs, running.job_id)
     assert lost.state == jobs_pb2.JOB_LOST and lost.stopped_by == jobs_pb2.STOP_SERVER and "restart" in lost.error
-    assert _gone(running.pid) and _gone(child)
+    assert wait_until(lambda: _gone(running.pid) and _gone(child), 30)
     assert status(jobs, done.job_id).state == jobs_pb2.JOB_EXITED
     assert collect(jobs, done.job_id) == {jobs_pb2.STDOUT: b"out\n", jobs_pb2.STDERR: b"err\n"}
     assert collect(jobs, running.job_id)[jobs_pb2.STDOUT] == f"{child_inside}\n".encode()
