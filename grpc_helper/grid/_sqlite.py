@@ -111,9 +111,10 @@ class SqliteBackend(Backend):
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
         self._lock_fd = _lock(self.state_dir)
+        self.path = self.state_dir / DB_NAME
+        db: sqlite3.Connection | None = None
         try:
-            self.path = self.state_dir / DB_NAME
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -122,6 +123,8 @@ class SqliteBackend(Backend):
                 raise ValueError(f"{self.path}: schema version {version} is not supported (expected {_SCHEMA})")
             self._db.executescript(_CREATE)
         except BaseException:
+            if db is not None:
+                db.close()
             os.close(self._lock_fd)
             raise
         self._cond = threading.Condition(threading.Lock())

@@ -246,3 +246,18 @@ def test_hosted_sqlite_backend_and_status(grid_server_factory, spawn_worker, tmp
     assert status["commits"] >= 1 and status["errors"] == 0
     server.stop()  # the grid closes its backend: the state directory is free again
     SqliteBackend(tmp_path / "hosted").close()
+
+
+def test_unusable_state_dir_is_one_line_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "grid.sqlite3").write_bytes(b"not a database" * 100)
+    for state, message in ((not_a_dir, "File exists"), (garbage, "file is not a database")):
+        argv = [sys.executable, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", "0", "--state-dir", str(state)]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT, env=worker_env(), cwd=ROOT)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: cannot open the grid state in {state}: "), lines
+        assert message in lines[0] and "Traceback" not in result.stderr
