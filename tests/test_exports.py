@@ -31,6 +31,10 @@ def test_aio_all_is_pinned() -> None:
 
 
 SERVICE_PACKAGES = {
+    "grid": {
+        "AsyncGridClient", "AsyncJobHandle", "Grid", "GridClient", "GridController", "GridLimits", "GridWorker",
+        "JobError", "JobHandle", "__version__", "descriptors",
+    },
     "jobs": {"JobsLimits", "__title__", "__version__", "default_state_dir", "descriptor"},
     "certs": {
         "CertificateError", "DEFAULT_DIR", "TlsFiles", "admins_of", "channel_credentials", "default_ca_dir",
