@@ -3,6 +3,7 @@ the stubs and the metadata of each service, and the ``_Service`` views that hold
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -78,7 +79,7 @@ class Service:
         return f"<service {self._name}: {', '.join(k for k in self.__dict__ if not k.startswith('_'))}>"
 
 
-class ClientCore:
+class ClientCore(abc.ABC):
     """Target, name, retry policy, channel options, and the services (built by the driver's ``_build``)."""
 
     def __init__(
@@ -113,8 +114,9 @@ class ClientCore:
         service = self._by_stub[stub_class] = Service(attr, self._build(attr, stub_class, metadata))
         return service
 
+    @abc.abstractmethod
     def _build(self, attr: str, stub_class: type, metadata: Metadata) -> dict[str, Any]:
-        raise NotImplementedError
+        """The callables of one service (sync or asyncio), by method name."""
 
     def _typed(self, stub_class: Any, api_version: int | None) -> Service:
         """The service view of ``stub_class`` (registered at construction, or added with ``api_version``)."""
