@@ -102,7 +102,15 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
                         watchdog.sent(context)
                         scope.leave(ticket)
                         ticket = None
-                        await context.abort_with_status(to_status(watchdog.stalled_error()))  # type: ignore[attr-defined]
+                        # Bounded: a reader that never reads again must not keep this task (and what the manager
+                        # holds for it) alive; grpc then drops the call without a status.
+                        try:
+                            await asyncio.wait_for(
+                                context.abort_with_status(to_status(watchdog.stalled_error())),  # type: ignore[attr-defined]
+                                watchdog.timeout,
+                            )
+                        except TimeoutError:
+                            raise exc from None
                     if not isinstance(exc, Exception):
                         raise
                     await _abort(context, method, exc)
