@@ -72,17 +72,42 @@ def _distribution(module: str) -> str:
     return re.sub(r"[-_.]+", "-", dists[0]).lower()
 
 
+#: Extras that enable an optional feature, and the modules allowed to import them (only those, so that the rest
+#: of the package imports without the extra installed: see tools/check_floors.sh).
+OPTIONAL = {"redis": {"grpc_helper/grid/_redis.py"}}
+
+
+def _distribution_or_none(module: str) -> str | None:
+    """The distribution of ``module``, None when it is not installed (an optional extra left out of this venv)."""
+    try:
+        return _distribution(module)
+    except KeyError:
+        return None
+
+
 def test_declared_dependencies_match_imports() -> None:
     cfg = _cfg()
+    extras = cfg["options.extras_require"]
     declared = set(_requirements(cfg["options"]["install_requires"]))
-    testing = set(_requirements(cfg["options.extras_require"]["testing"]))
+    testing = set(_requirements(extras["testing"]))
+    optional = {extra: set(_requirements(extras[extra])) for extra in OPTIONAL}
     used: set[str] = set()
     used_by_plugin: set[str] = set()
     for path in PACKAGE.rglob("*.py"):
-        dists = {_distribution(m) for m in _third_party_imports(path)}
+        relative = str(path.relative_to(PACKAGE.parent))
+        imports = _third_party_imports(path)
+        extra = next((e for e, modules in OPTIONAL.items() if relative in modules), None)
+        if extra is not None:
+            dists = {_distribution_or_none(m) or m for m in imports}
+            assert dists - declared <= optional[extra], f"{relative} imports {dists - declared - optional[extra]}, not in [{extra}]"
+            continue
+        dists = {_distribution(m) for m in imports}
         (used_by_plugin if path.name == "testing.py" else used).update(dists)
     assert used == declared, f"imported but not declared: {used - declared}; declared but not imported: {declared - used}"
     assert used_by_plugin - declared <= testing and "pytest-asyncio" in testing
+    for extra, dists in optional.items():
+        # Each optional extra is also in `dev` (the suite runs its tests), and adds nothing `install_requires` has.
+        assert dists <= set(_requirements(extras["dev"])) and not dists & declared, extra
 
 
 def test_protos_ship_beside_their_modules() -> None:
@@ -131,3 +156,5 @@ def test_wheel_contents(tmp_path: Path) -> None:
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert any("googleapis-common-protos" in r for r in requires) and not any("grpcio-status" in r for r in requires)
     assert "Provides-Extra: testing" in metadata and any("pytest-asyncio" in r and "testing" in r for r in requires)
+    # Redis is optional: `pip install grpc-helper[redis]` (the grid's Redis Streams backend).
+    assert "Provides-Extra: redis" in metadata and any(r.startswith("Requires-Dist: redis") and "extra ==" in r for r in requires)
