@@ -6,7 +6,8 @@ durable fact as it happens, under its lock, in the order it happens:
 - ``accepted(jobs)``: jobs admitted by a submit (the client gets their ids once ``committed``);
 - ``updated(job)``: a job completed (done, failed or cancelled: its result), or went back to the queue with new
   attempt / failure / loss counts (retry, lost worker);
-- ``released(job_ids)``: jobs the server no longer holds (result acknowledged or expired, session ended).
+- ``released(jobs)``: jobs the server no longer holds (result acknowledged or expired); ``session_ended``: a
+  session ended (its jobs not completed are cancelled, its results dropped).
 
 Leases are not stored: a restart voids every lease, so jobs that were leased run again (at-least-once
 execution). ``recover()`` hands the scheduler, at start, what the previous process left: jobs to queue again
@@ -15,14 +16,38 @@ recorded so far is stored (a submit is answered, a result sent, only then), what
 
 ``MemoryBackend`` stores nothing: everything is lost when the process exits. ``SqliteBackend`` (``_sqlite``)
 stores in a state directory.
+
+A *shared* backend (``RedisBackend``, ``_redis``) holds the queue itself, for several grid servers: a submit's
+jobs go to the shared queue, not to this server's; the backend feeds this server's workers from it as they have
+room (``Feed.demand`` / ``Feed.leased``), hands over the results other servers completed for this server's
+sessions (``Feed.remote_results``), and a client that moves to this server brings its session along
+(``adopt``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from grpc_helper.grid.model import JobRecord
+from grpc_helper.grid.model import JobRecord, Key
+
+
+class Feed(Protocol):
+    """What a shared backend calls on its scheduler (from its own threads)."""
+
+    def demand(self) -> dict[Key, int]:
+        """Jobs this server's workers have room for, per queue (room left after the local queue)."""
+        ...
+
+    def leased(self, jobs: Sequence[JobRecord]) -> list[int]:
+        """Jobs taken from the shared queue for this server's workers; returns the ids it refuses (it has
+        completed or cancelled them, or it is closed): the backend gives those up."""
+        ...
+
+    def remote_results(self, jobs: Sequence[JobRecord]) -> None:
+        """Completed jobs of this server's sessions (state, data, error, rc, attempts set), stored by another
+        server (or refused by the backend)."""
+        ...
 
 
 class Backend:
@@ -32,6 +57,29 @@ class Backend:
     name = "memory"
     #: Accepted jobs and undelivered results survive the server process.
     durable = False
+    #: The queue is shared with other grid servers: submitted jobs are not queued locally (see ``Feed``).
+    shared = False
+
+    def attach(self, feed: Feed) -> None:
+        """A shared backend starts feeding ``feed`` (called once, when the scheduler is ready)."""
+
+    def job_ids(self, count: int) -> range | None:
+        """``count`` new job ids unique across the servers sharing the backend; None: the scheduler's own."""
+        return None
+
+    def wanted(self) -> None:
+        """This server's workers have room (a shared backend takes more jobs from the queue). Never waits."""
+
+    async def adopt(self, session: str, owner: str) -> list[JobRecord] | None:
+        """A results stream of ``session`` opens here: a shared backend makes this server the session's home and
+        returns its held jobs (completed ones with their results, the others QUEUED). Raises
+        ``GridUnknownError`` for another identity's session."""
+        return None
+
+    def grid_status(self) -> dict[str, Any] | None:
+        """The whole grid (every server sharing the backend, every queue); None for a server-local backend.
+        May do I/O: call it off the event loop."""
+        return None
 
     def recover(self) -> list[JobRecord]:
         """Jobs left by the previous server process (queued ones, then completed ones), ids increasing."""
@@ -43,8 +91,12 @@ class Backend:
     def updated(self, job: JobRecord) -> None:
         """A job completed (its result), or was queued again with new counts."""
 
-    def released(self, job_ids: Iterable[int]) -> None:
-        """Jobs no longer held (acknowledged, expired, their session ended)."""
+    def released(self, jobs: Iterable[JobRecord]) -> None:
+        """Completed jobs no longer held (acknowledged, expired)."""
+
+    def session_ended(self, session: str, jobs: Sequence[JobRecord]) -> None:
+        """A session ended here (closed or expired): its jobs are no longer held, those not completed cancelled."""
+        self.released(jobs)
 
     def mark(self) -> int:
         """A position in the stream of records: ``committed(mark)`` returns once everything before it is stored."""

@@ -32,6 +32,8 @@ from grpc_helper.grid.model import (
 Finish = Callable[[JobRecord, JobState, bytes, str, int], None]
 #: requeued(job): a job goes back to the queue with new counts (failures, losses): the backend records them.
 Requeued = Callable[[JobRecord], None]
+#: hungry(): after a dispatch, workers still have room (a shared backend takes more jobs from its queue).
+Hungry = Callable[[], None]
 
 
 class Dispatcher:
@@ -42,9 +44,11 @@ class Dispatcher:
         counters: dict[str, int],
         finish: Finish,
         requeued: Requeued,
+        hungry: Hungry | None = None,
     ) -> None:
         self.limits = limits
         self._requeued = requeued
+        self._hungry = hungry
         self._jobs = jobs
         self._counters = counters
         self._finish = finish
@@ -255,10 +259,24 @@ class Dispatcher:
 
     # ---- dispatch ----
 
+    def demand(self) -> dict[Key, int]:
+        """Room in the active workers' windows, per key, beyond the jobs queued here."""
+        out = {}
+        for key, workers in self.by_key.items():
+            room = sum(w.window - len(w.leases) for w in workers.values() if w.state == WorkerState.ACTIVE)
+            room -= len(self.queues.get(key, ()))
+            if room > 0:
+                out[key] = room
+        return out
+
     def dispatch(self, key: Key) -> None:
         """Lease queued jobs of `key` to its active workers, least loaded first, up to each one's window."""
         queue = self.queues.get(key)
         if not queue:
+            if self._hungry is not None and any(
+                w.state == WorkerState.ACTIVE and len(w.leases) < w.window for w in self.by_key.get(key, {}).values()
+            ):
+                self._hungry()
             return
         workers = [
             w for w in self.by_key.get(key, {}).values() if w.state == WorkerState.ACTIVE and len(w.leases) < w.window
@@ -285,6 +303,8 @@ class Dispatcher:
             workers = [w for w in workers if len(w.leases) < w.window]
         if not queue:
             del self.queues[key]
+            if workers and self._hungry is not None:
+                self._hungry()
 
     def _return_outbox(self, worker: Worker) -> None:
         for job_id in reversed(worker.outbox):

@@ -16,22 +16,16 @@ a second server on the same directory is refused, naming the holder's pid.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
-import logging
 import os
 import sqlite3
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from grpc_helper.grid._backend import Backend
+from grpc_helper.grid._commit import GroupCommit
 from grpc_helper.grid.model import TERMINAL, JobRecord, JobState
-
-_log = logging.getLogger("grpc_helper.grid")
 
 DB_NAME = "grid.sqlite3"
 #: Seconds the writer lets records gather after the first one before it takes the pile (bench: 2 ms beats 0).
@@ -100,13 +94,15 @@ def _lock(directory: Path) -> int:
     return fd
 
 
-class SqliteBackend(Backend):
+class SqliteBackend(GroupCommit[tuple[dict[int, "_Row | None"], set[int]]]):
     """Durable backend in a state directory; see the module's docstring for what survives what."""
 
     name = "sqlite"
     durable = True
+    retried = (sqlite3.Error,)
 
     def __init__(self, state_dir: Path | str, *, window: float = GROUP_COMMIT_WINDOW) -> None:
+        super().__init__(window, "grid-sqlite")
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
@@ -127,20 +123,10 @@ class SqliteBackend(Backend):
                 db.close()
             os.close(self._lock_fd)
             raise
-        self._cond = threading.Condition(threading.Lock())
-        self._pending: dict[int, _Row | None] = {}
+        self._pending: dict[int, _Row | None] = {}  # job id -> its latest row (None: delete it)
         self._new: set[int] = set()  # ids of the pending map not stored yet
-        self._seq = 0  # records made
-        self._stored = 0  # records stored
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._closing = False
-        self._closed = False
-        self.commits = 0
         self.rows = 0
-        self.errors = 0
-        self.window = window
-        self._writer = threading.Thread(target=self._write_loop, name="grid-sqlite", daemon=True)
-        self._writer.start()
+        self._start_writer()
 
     # ---- recovery ----
 
@@ -177,81 +163,42 @@ class SqliteBackend(Backend):
             self._pending[job.id] = _row(job)
             self._record(1)
 
-    def released(self, job_ids: Iterable[int]) -> None:
+    def released(self, jobs: Iterable[JobRecord]) -> None:
         with self._cond:
             if self._closing:
                 return
             count = 0
-            for job_id in job_ids:
+            for job in jobs:
                 count += 1
-                if job_id in self._new:
-                    self._new.discard(job_id)
-                    self._pending.pop(job_id, None)  # never stored: nothing to delete
+                if job.id in self._new:
+                    self._new.discard(job.id)
+                    self._pending.pop(job.id, None)  # never stored: nothing to delete
                 else:
-                    self._pending[job_id] = None
+                    self._pending[job.id] = None
             self._record(count)
 
-    def _record(self, count: int) -> None:
-        if count:
-            self._seq += count
-            self._cond.notify()
+    # ---- group commit ----
 
-    # ---- waiting ----
+    def _has_pending(self) -> bool:
+        return bool(self._pending)
 
-    def mark(self) -> int:
-        return self._seq
+    def _take(self) -> tuple[dict[int, _Row | None], set[int]]:
+        pile = (self._pending, self._new)
+        self._pending, self._new = {}, set()
+        return pile
 
-    async def committed(self, mark: int) -> None:
-        if mark <= self._stored:
-            return
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        with self._cond:
-            if mark <= self._stored or self._closed:
-                return
-            self._waiters.append((mark, loop, future))
-        await future
+    def _put_back(self, pile: tuple[dict[int, _Row | None], set[int]]) -> None:
+        pending, new = pile
+        pending.update(self._pending)  # newer records win
+        self._pending = pending
+        self._new |= new
 
-    def flush(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            mark = self._seq
-            return self._cond.wait_for(lambda: self._stored >= mark or self._closed, timeout)
+    def _where(self) -> str:
+        return str(self.path)
 
-    # ---- the writer thread ----
-
-    def _write_loop(self) -> None:
-        backoff = 0.05
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending) or self._closing or self._seq > self._stored)
-                if not self._pending and self._closing:
-                    return
-            if self.window and not self._closing:
-                time.sleep(self.window)  # let the burst gather: fewer rows (accepted then released: none)
-            with self._cond:
-                pending, self._pending = self._pending, {}
-                new, self._new = self._new, set()
-                seq = self._seq
-            try:
-                self._store(pending, new)
-            except sqlite3.Error as exc:
-                self.errors += 1
-                if self._closing:
-                    _log.error("grid state %s: %d record(s) not stored at close: %s", self.path, len(pending), exc)
-                    return
-                _log.error("grid state %s: cannot store %d record(s): %s (retrying)", self.path, len(pending), exc)
-                with self._cond:
-                    pending.update(self._pending)  # newer records win
-                    self._pending = pending
-                    self._new |= new
-                time.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
-                continue
-            backoff = 0.05
-            self._stored_up_to(seq)
-
-    def _store(self, pending: dict[int, _Row | None], new: set[int]) -> None:
+    def _store(self, pile: tuple[dict[int, _Row | None], set[int]]) -> None:
         """One transaction: rows not stored yet inserted, stored ones updated (payload onwards), released deleted."""
+        pending, new = pile
         if not pending:
             return
         inserts = []
@@ -278,35 +225,11 @@ class SqliteBackend(Backend):
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-        self.commits += 1
         self.rows += len(pending)
-
-    def _stored_up_to(self, seq: int) -> None:
-        with self._cond:
-            self._stored = seq
-            ready = [w for w in self._waiters if w[0] <= seq]
-            self._waiters = [w for w in self._waiters if w[0] > seq]
-            self._cond.notify_all()
-        for _, loop, future in ready:
-            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, future)
 
     # ---- life cycle ----
 
-    def close(self) -> None:
-        with self._cond:
-            if self._closing:
-                return
-            self._closing = True
-            self._cond.notify_all()
-        self._writer.join()
-        with self._cond:
-            self._closed = True
-            waiters, self._waiters = self._waiters, []
-            self._cond.notify_all()
-        for _, loop, future in waiters:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, future)
+    def _close_storage(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
@@ -322,10 +245,5 @@ class SqliteBackend(Backend):
             "commits": self.commits,
             "rows_written": self.rows,
             "errors": self.errors,
-            "pending": self._seq - self._stored,
+            "pending": self.pending,
         }
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -3,7 +3,9 @@
 Pure logic: no I/O, no sleeps, no waiting. Streams learn that something is ready through the ``wake`` callbacks
 of their worker or session, called under the lock; the host runs ``reap()`` periodically (heartbeats, expiry).
 The working state lives in memory; the durable facts (jobs accepted, results, jobs released) are recorded
-in a queue backend (``_backend``) as they happen, and recovered from it when the scheduler starts.
+in a queue backend (``_backend``) as they happen, and recovered from it when the scheduler starts. On a
+shared backend (several servers, one queue) submitted jobs go to the backend's queue and come back, to this
+server's workers, through the ``Feed`` methods (``demand``, ``leased``, ``remote_results``).
 """
 
 from __future__ import annotations
@@ -86,8 +88,12 @@ class Scheduler:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._admission = Admission(self.limits)
         self._delivery = Delivery(self.limits, self._jobs)
-        self._dispatch = Dispatcher(self.limits, self._jobs, self.counters, self._finish, self.backend.updated)
+        self._dispatch = Dispatcher(
+            self.limits, self._jobs, self.counters, self._finish, self.backend.updated,
+            self.backend.wanted if self.backend.shared else None,
+        )
         self._recover()
+        self.backend.attach(self)
 
     def _recover(self) -> None:
         """Take back what the backend kept from the previous process: queued jobs run (again), results wait."""
@@ -157,19 +163,31 @@ class Scheduler:
                 self.counters["rejected"] += len(payloads)
                 self._delivery.forget_if_idle(session)
                 raise
-            jobs = []
-            for payload in payloads:
-                job = JobRecord(self._next_id, session_id, owner, key, payload, len(payload))
-                self._next_id += 1
+            jobs: list[JobRecord] = []
+            shared = self.backend.shared
+            for job_id in self._new_ids(len(payloads)):
+                payload = payloads[len(jobs)]
+                job = JobRecord(job_id, session_id, owner, key, payload, len(payload))
                 self._jobs[job.id] = job
                 self._admission.hold(session, job)
-                self._dispatch.enqueue(job)
+                if not shared:
+                    self._dispatch.enqueue(job)
                 jobs.append(job)
             self.backend.accepted(jobs)
+            if shared:
+                for job in jobs:
+                    job.payload = None  # the shared queue has it; a worker of this server gets it from there
             ids = [job.id for job in jobs]
             self.counters["submitted"] += len(ids)
             self._dispatch.dispatch(key)
             return ids
+
+    def _new_ids(self, count: int) -> range:
+        ids = self.backend.job_ids(count)
+        if ids is None:
+            ids = range(self._next_id, self._next_id + count)
+            self._next_id += count
+        return ids
 
     def get_result(self, job_id: int, session_id: str, owner: str) -> JobView:
         """State of a job of the caller's session (its result when completed); not an acknowledgement."""
@@ -192,14 +210,26 @@ class Scheduler:
             return self._end_session(session)
 
     def open_stream(
-        self, session_id: str, owner: str, waiting: Iterable[int], wake: Callable[[], None]
+        self,
+        session_id: str,
+        owner: str,
+        waiting: Iterable[int],
+        wake: Callable[[], None],
+        adopted: Sequence[JobRecord] = (),
     ) -> tuple[int, list[JobView]]:
         """Attach a results stream to a session (replacing any previous one): (token, views of the ``waiting``
-        jobs this server does not know, to report at once as failed with ERROR_ITEM_UNKNOWN)."""
+        jobs this server does not know, to report at once as failed with ERROR_ITEM_UNKNOWN). ``adopted``: the
+        session's held jobs, from a shared backend (``Backend.adopt``)."""
         with self._lock:
             if self._closed:
                 raise GridClosedError("grid is shut down")
             session = self._delivery.session(session_id, owner, self._clock(), create=True)
+            for job in adopted:
+                if job.id not in self._jobs:
+                    self._jobs[job.id] = job
+                    self._admission.hold(session, job)
+                    if job.state in TERMINAL:
+                        self._delivery.completed(job, self._clock())
             token = self._delivery.open_stream(session)
             session.wake = wake
             unknown = [
@@ -238,7 +268,7 @@ class Scheduler:
             acked = self._delivery.ack(session, job_ids)
             for job in acked:
                 self._admission.release(session, job)
-            self.backend.released(job.id for job in acked)
+            self.backend.released(acked)
             self.counters["delivered"] += len(acked)
             self._delivery.forget_if_idle(session)
             return len(acked)
@@ -364,7 +394,7 @@ class Scheduler:
                 if session is not None:
                     self._admission.release(session, job)
                     self._delivery.drop(session, job)
-                    self.backend.released((job.id,))
+                    self.backend.released((job,))
                     self.counters["expired_results"] += 1
                     self._delivery.forget_if_idle(session)
             for session in self._delivery.idle_sessions(now):
@@ -376,6 +406,44 @@ class Scheduler:
         """How often ``reap()`` should run to honour the heartbeat timeout and the expiry times."""
         limits = self.limits
         return max(0.01, min(limits.heartbeat_timeout / 4, limits.result_ttl / 4, limits.session_ttl / 4, 1.0))
+
+    # ---- shared backend's feed (see ``_backend.Feed``) ----
+
+    def demand(self) -> dict[Key, int]:
+        with self._lock:
+            return {} if self._closed else self._dispatch.demand()
+
+    def leased(self, jobs: Sequence[JobRecord]) -> list[int]:
+        refused = []
+        with self._lock:
+            keys = set()
+            for job in jobs:
+                mine = self._jobs.get(job.id)
+                if self._closed or (mine is not None and mine.state != JobState.QUEUED):
+                    refused.append(job.id)  # completed or cancelled here meanwhile (or this server is closing)
+                    continue
+                if mine is not None:  # a job of this server's session: it waited as a placeholder
+                    mine.payload, mine.attempts, mine.failures, mine.losses, mine.suspect = (
+                        job.payload, job.attempts, job.failures, job.losses, job.suspect
+                    )
+                    job = mine
+                else:
+                    self._jobs[job.id] = job
+                self._dispatch.enqueue(job)
+                keys.add(job.key)
+            for key in keys:
+                self._dispatch.dispatch(key)
+        return refused
+
+    def remote_results(self, jobs: Sequence[JobRecord]) -> None:
+        with self._lock:
+            for done in jobs:
+                job = self._jobs.get(done.id)
+                if job is None or job.state in TERMINAL:
+                    continue  # unknown here (its session ended), or completed here first
+                job.attempts = max(job.attempts, done.attempts)
+                self._dispatch.withdraw(job)
+                self._finish(job, done.state, done.data, done.error, done.rc, store=False)
 
     # ---- controller role ----
 
@@ -402,7 +470,7 @@ class Scheduler:
 
     def _end_session(self, session: Session) -> int:
         cancelled = 0
-        self.backend.released(list(session.jobs))
+        self.backend.session_ended(session.id, [job for i in session.jobs if (job := self._jobs.get(i)) is not None])
         for job_id in list(session.jobs):
             job = self._jobs.get(job_id)
             if job is None:
@@ -422,7 +490,9 @@ class Scheduler:
         self._delivery.sessions.pop(session.id, None)
         return cancelled
 
-    def _finish(self, job: JobRecord, state: JobState, data: bytes, error: str, rc: int) -> None:
+    def _finish(
+        self, job: JobRecord, state: JobState, data: bytes, error: str, rc: int, *, store: bool = True
+    ) -> None:
         job.state = state
         job.worker = None
         job.payload = None
@@ -430,8 +500,12 @@ class Scheduler:
         job.error = error
         job.rc = rc
         self.counters[{JobState.DONE: "done", JobState.FAILED: "failed"}.get(state, "cancelled")] += 1
-        self.backend.updated(job)
+        if store:
+            self.backend.updated(job)
         session = self._delivery.sessions.get(job.session)
-        if session is not None:
-            self._admission.resize(session, job, len(data))
+        if session is None or job.id not in session.jobs:
+            # Another server's session (shared backend): the result is stored; nothing of it stays here.
+            self._jobs.pop(job.id, None)
+            return
+        self._admission.resize(session, job, len(data))
         self._delivery.completed(job, self._clock())
