@@ -29,11 +29,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.model import JobRecord, Key
 
 
 class Feed(Protocol):
     """What a shared backend calls on its scheduler (from its own threads)."""
+
+    @property
+    def limits(self) -> GridLimits: ...
+
+    def status(self) -> dict[str, Any]:
+        """This server's status (published for ``grid_status``)."""
+        ...
+
+    def local_sessions(self) -> list[str]:
+        """The sessions this server holds (the backend keeps their records alive)."""
+        ...
 
     def demand(self) -> dict[Key, int]:
         """Jobs this server's workers have room for, per queue (room left after the local queue)."""
@@ -48,6 +60,10 @@ class Feed(Protocol):
         """Completed jobs of this server's sessions (state, data, error, rc, attempts set), stored by another
         server (or refused by the backend)."""
         ...
+
+
+class BackendUnavailable(Exception):
+    """The backend's store does not answer (``open_backend``)."""
 
 
 class Backend:

@@ -28,6 +28,8 @@ class GridLimits:
     session_ttl: seconds a session may stay without an open results stream and without calls; then its jobs
         are cancelled and its results dropped.
     heartbeat_interval: seconds between worker heartbeats; a worker silent for ``heartbeat_timeout`` is dropped.
+    lease_ttl: shared backend (Redis) only: seconds after which the jobs held by a grid server that stopped
+        renewing its leases (it crashed, or lost Redis) are taken over by the other servers.
     shutdown_delay: default delay of the controller's shutdown, so that its response is delivered first.
     stream_batch_bytes, stream_batch_count: soft caps of one streamed message (job batch or result batch).
     max_spawned: worker processes started by the controller that may run at once.
@@ -48,6 +50,7 @@ class GridLimits:
     session_ttl: float = 600.0
     heartbeat_interval: float = 2.0
     heartbeat_timeout: float = 6.0
+    lease_ttl: float = 10.0
     shutdown_delay: float = 0.5
     stream_batch_bytes: int = 2 * 1024 * 1024
     stream_batch_count: int = 2_000

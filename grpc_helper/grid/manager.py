@@ -81,7 +81,9 @@ class GridClientManager(pb_grpc.GridClientServiceServicer, _GridManager):
             raise RpcException(f"at most {_MAX_WAITING} waiting jobs per stream", ResultCode.ERROR_PARAM_INVALID)
         event = asyncio.Event()
         with grid_errors():
-            token, unknown = self.scheduler.open_stream(session, caller(), request.waiting, waker(event))
+            # On a shared backend the session may come from another server: this one becomes its home.
+            adopted = await self.grid.backend.adopt(session, caller()) if 0 < len(session) <= 128 else None
+            token, unknown = self.scheduler.open_stream(session, caller(), request.waiting, waker(event), adopted or ())
         try:
             # Always a first message: the client knows the stream is open (and what the server forgot).
             yield result_batch(unknown)
@@ -203,7 +205,11 @@ class GridControllerManager(pb_grpc.GridControllerServiceServicer, _GridManager)
     """Controller role: status, stop_worker, start_worker, shutdown."""
 
     async def status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
-        return pb.StatusResponse(json=json.dumps(self.grid.status()))
+        status = self.grid.status()
+        wide = await self.grid.grid_status()
+        if wide is not None:
+            status["grid"] = wide
+        return pb.StatusResponse(json=json.dumps(status))
 
     async def stop_worker(self, request: pb.WorkerRef, context: Any) -> pb.StatusResponse:
         with grid_errors():

@@ -409,6 +409,10 @@ class Scheduler:
 
     # ---- shared backend's feed (see ``_backend.Feed``) ----
 
+    def local_sessions(self) -> list[str]:
+        with self._lock:
+            return list(self._delivery.sessions)
+
     def demand(self) -> dict[Key, int]:
         with self._lock:
             return {} if self._closed else self._dispatch.demand()

@@ -128,6 +128,15 @@ class Grid:
             await asyncio.sleep(period)
             self.scheduler.reap()
 
+    async def grid_status(self) -> dict[str, Any] | None:
+        """The whole grid, from a shared backend (every server, every queue); None on a server-local backend."""
+        if not self.backend.shared:
+            return None
+        try:
+            return await asyncio.to_thread(self.backend.grid_status)
+        except Exception as exc:  # the backend's store is down: the local status still answers
+            return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
     def status(self) -> dict[str, Any]:
         status = self.scheduler.status()
         status["spawned"] = self.spawner.status()

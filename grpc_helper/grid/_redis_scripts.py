@@ -1,0 +1,126 @@
+"""The Lua scripts of the ``redis`` backend: each step that must not be seen half done by another server.
+
+Keys (``P`` is the backend's prefix; one Redis database may hold several grids under different prefixes):
+
+- ``P q:<service>\\x1f<version>``: stream of queued jobs (fields id, s = session, o = owner, p = payload), consumer
+  group ``workers``; each grid server is a consumer: its pending entries are its leases;
+- ``P queues``: set of the queue streams;
+- ``P s:<session>``: hash (owner, home = the server holding its results stream);
+- ``P sj:<session>``: hash job id -> ``"<entry id> <queue>"``: the jobs the session holds;
+- ``P r:<session>``: hash job id -> packed result: completed, not acknowledged;
+- ``P jc:<session>``: hash job id -> ``"attempts failures losses suspect"`` of a job that went back to the queue;
+- ``P in:<server>``: stream of result notices (id, s) for the sessions whose home the server is;
+- ``P servers``: hash server -> JSON status, refreshed every second or two;
+- ``P ids``: the job id counter.
+
+The scripts build key names from the prefix (a standalone Redis, not a cluster).
+"""
+
+from __future__ import annotations
+
+GROUP = "workers"
+#: The scripts, by name.
+SCRIPTS = ("ACCEPT", "COMPLETE", "END", "ADOPT", "HAND_BACK")
+
+_SPLIT = """
+local function split(m)
+  local sp = string.find(m, ' ', 1, true)
+  return string.sub(m, 1, sp - 1), string.sub(m, sp + 1)
+end
+"""
+
+#: ARGV: prefix, session, owner, home, queue, ttl, then (id, payload) pairs. Returns 0 for another identity's session.
+ACCEPT = """
+local P, sess, owner, home, q, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local s, sj = P .. 's:' .. sess, P .. 'sj:' .. sess
+local cur = redis.call('HGET', s, 'owner')
+if cur and cur ~= owner then return 0 end
+redis.call('HSET', s, 'owner', owner, 'home', home)
+redis.call('SADD', P .. 'queues', q)
+redis.pcall('XGROUP', 'CREATE', q, 'workers', '0', 'MKSTREAM')
+for i = 7, #ARGV, 2 do
+  local eid = redis.call('XADD', q, '*', 'id', ARGV[i], 's', sess, 'o', owner, 'p', ARGV[i + 1])
+  redis.call('HSET', sj, ARGV[i], eid .. ' ' .. q)
+end
+redis.call('EXPIRE', s, ttl)
+redis.call('EXPIRE', sj, ttl)
+return 1
+"""
+
+#: ARGV: prefix, session, id, packed result, this server, ttl, entry id held here, its queue ('' if none).
+#: The first outcome stands: 1 if stored, 0 if the job was completed, cancelled or released before.
+COMPLETE = (
+    _SPLIT
+    + """
+local P, sess, id, me = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local sj, r = P .. 'sj:' .. sess, P .. 'r:' .. sess
+if ARGV[8] ~= '' then
+  redis.call('XACK', ARGV[8], 'workers', ARGV[7])
+  redis.call('XDEL', ARGV[8], ARGV[7])
+end
+local m = redis.call('HGET', sj, id)
+if not m then return 0 end
+local eid, q = split(m)
+redis.call('XACK', q, 'workers', eid)
+redis.call('XDEL', q, eid)
+if redis.call('HSETNX', r, id, ARGV[4]) == 0 then return 0 end
+redis.call('EXPIRE', r, tonumber(ARGV[6]))
+redis.call('HDEL', P .. 'jc:' .. sess, id)
+local home = redis.call('HGET', P .. 's:' .. sess, 'home')
+if home and home ~= me then
+  redis.call('XADD', P .. 'in:' .. home, 'MAXLEN', '~', '1000000', '*', 'id', id, 's', sess)
+end
+return 1
+"""
+)
+
+#: ARGV: prefix, session, this server. Ends a session whose home is this server: its queued jobs are removed.
+END = (
+    _SPLIT
+    + """
+local P, sess, me = ARGV[1], ARGV[2], ARGV[3]
+local s, sj = P .. 's:' .. sess, P .. 'sj:' .. sess
+local home = redis.call('HGET', s, 'home')
+if home and home ~= me then return 0 end
+local all = redis.call('HGETALL', sj)
+for i = 2, #all, 2 do
+  local eid, q = split(all[i])
+  redis.call('XACK', q, 'workers', eid)
+  redis.call('XDEL', q, eid)
+end
+redis.call('DEL', s, sj, P .. 'r:' .. sess, P .. 'jc:' .. sess)
+return 1
+"""
+)
+
+#: ARGV: prefix, session, owner, this server, ttl. Returns {1, sj pairs, r pairs}, {1} for an unknown session,
+#: {0} for another identity's.
+ADOPT = """
+local P, sess, owner, me, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local s = P .. 's:' .. sess
+local cur = redis.call('HGET', s, 'owner')
+if not cur then return {1} end
+if cur ~= owner then return {0} end
+redis.call('HSET', s, 'home', me)
+for _, k in ipairs({s, P .. 'sj:' .. sess, P .. 'r:' .. sess, P .. 'jc:' .. sess}) do redis.call('EXPIRE', k, ttl) end
+return {1, redis.call('HGETALL', P .. 'sj:' .. sess), redis.call('HGETALL', P .. 'r:' .. sess)}
+"""
+
+#: ARGV: prefix, queue, entry id. A job held by this server (closing) goes back to the queue as a new entry.
+HAND_BACK = """
+local P, q, eid = ARGV[1], ARGV[2], ARGV[3]
+local e = redis.call('XRANGE', q, eid, eid)
+redis.call('XACK', q, 'workers', eid)
+redis.call('XDEL', q, eid)
+if #e == 0 then return 0 end
+local f = e[1][2]
+local id, sess
+for i = 1, #f, 2 do
+  if f[i] == 'id' then id = f[i + 1] elseif f[i] == 's' then sess = f[i + 1] end
+end
+local sj = P .. 'sj:' .. sess
+if redis.call('HGET', sj, id) ~= eid .. ' ' .. q then return 0 end
+local neid = redis.call('XADD', q, '*', unpack(f))
+redis.call('HSET', sj, id, neid .. ' ' .. q)
+return 1
+"""
