@@ -23,7 +23,7 @@ from grpc_helper._cli import tls as cli_tls
 from grpc_helper._cli.endpoint import parse_endpoint
 from grpc_helper._cli.exits import CliError, ExitCode, run
 from grpc_helper._cli.parser import new_parser
-from grpc_helper.grid.backends import BACKENDS, Backend, SqliteBackend, StateDirBusy, default_state_dir, open_backend
+from grpc_helper.grid.backends import Backend, BackendUnavailable, SqliteBackend, StateDirBusy, default_state_dir, open_backend
 from grpc_helper.grid.client import GridClient
 from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.controller import GridController
@@ -75,10 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--backend",
-        choices=BACKENDS,
         default="sqlite",
-        help="where accepted jobs and undelivered results live: sqlite (durable, in --state-dir; default) or "
-        "memory (lost when the server exits)",
+        help="where accepted jobs and undelivered results live: sqlite (durable, in --state-dir; default), "
+        "memory (lost when the server exits), or redis://HOST:PORT/DB[?prefix=NAME] (one queue shared by the "
+        "grid servers using the same Redis)",
     )
     serve.add_argument(
         "--state-dir", default=str(default_state_dir()), help="sqlite backend's directory (default %(default)s)"
@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--result-ttl", type=float, default=GridLimits.result_ttl, help="seconds")
     serve.add_argument("--session-ttl", type=float, default=GridLimits.session_ttl, help="seconds")
     serve.add_argument("--heartbeat", type=float, default=GridLimits.heartbeat_interval, help="seconds")
+    serve.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=GridLimits.lease_ttl,
+        help="redis backend: seconds before the jobs of a lost grid server are taken over by the others",
+    )
     serve.add_argument("--worker-arg", action="append", default=[], help="extra option for spawned workers")
     cli_tls.add_server_tls_options(serve)
 
@@ -140,6 +146,7 @@ def _limits(args: argparse.Namespace) -> GridLimits:
         session_ttl=args.session_ttl,
         heartbeat_interval=args.heartbeat,
         heartbeat_timeout=3 * args.heartbeat,
+        lease_ttl=args.lease_ttl,
     )
 
 
@@ -169,6 +176,10 @@ def _serve(args: argparse.Namespace) -> int:
         backend = open_backend(args.backend, args.state_dir)
     except StateDirBusy as exc:
         raise CliError(str(exc), ExitCode.CONFLICT) from None
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from None
+    except BackendUnavailable as exc:
+        raise CliError(str(exc), ExitCode.UNREACHABLE) from None
     except (OSError, sqlite3.Error) as exc:
         raise CliError(f"cannot open the grid state in {args.state_dir}: {exc}", ExitCode.ERROR) from None
     try:

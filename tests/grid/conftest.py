@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,45 @@ class GridProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+#: Redis database of the test suite (each test keeps to a key prefix of its own, deleted at its end).
+REDIS_DB = 13
+REDIS_ADDRESS = ("127.0.0.1", 6379)
+
+
+def _redis_missing() -> str:
+    """Why the Redis tests can't run here ('' when they can)."""
+    try:
+        import redis
+    except ImportError:
+        return "redis-py is not installed (pip install grpc-helper[redis])"
+    client = redis.Redis(*REDIS_ADDRESS, db=REDIS_DB, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"no Redis answers on {REDIS_ADDRESS[0]}:{REDIS_ADDRESS[1]} ({exc})"
+    finally:
+        client.close()
+    return ""
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A ``redis://`` URL of the suite's database with a key prefix of this test's own; skipped, saying why,
+    without Redis. The test's keys are deleted at its end."""
+    missing = _redis_missing()
+    if missing:
+        pytest.skip(f"Redis tests need Redis: {missing}")
+    import redis
+
+    prefix = f"test-grid-{uuid.uuid4().hex[:12]}:"
+    yield f"redis://{REDIS_ADDRESS[0]}:{REDIS_ADDRESS[1]}/{REDIS_DB}?prefix={prefix}"
+    client = redis.Redis(*REDIS_ADDRESS, db=REDIS_DB)
+    keys = list(client.scan_iter(f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture

@@ -1,0 +1,139 @@
+"""The Redis backend: several grid servers share one queue in Redis Streams (real Redis, real processes).
+
+Skipped, saying why, where no Redis answers on 127.0.0.1:6379 (``.ci/run`` starts one when it can).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from grpc_helper import ResultCode, RpcException
+from grpc_helper.grid import GridClient, GridLimits
+from grpc_helper.grid.backends import BackendUnavailable, RedisBackend, open_backend
+
+from .conftest import FAST, WAIT, GridProcess, GridServer, JobStarted, poll
+
+
+@pytest.fixture
+def shared(redis_url: str, grid_server_factory: Callable[..., GridServer]) -> Callable[..., GridServer]:
+    """In-process grid servers (plaintext) on one Redis queue."""
+
+    def make(limits: GridLimits = FAST) -> GridServer:
+        return grid_server_factory(limits, tls=False, backend=open_backend(redis_url))
+
+    return make
+
+
+@pytest.fixture
+def processes(redis_url: str) -> Iterator[Callable[..., GridProcess]]:
+    """``grid serve --backend redis://...`` processes on one Redis queue."""
+    started: list[GridProcess] = []
+
+    def make(*args: str) -> GridProcess:
+        server = GridProcess("--heartbeat", "0.2", "--backend", redis_url, *args)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def test_a_worker_on_one_server_serves_a_client_of_another(shared, spawn_worker) -> None:
+    a, b = shared(), shared()
+    spawn_worker(server=b)
+    with a.client() as client:
+        handles = client.submit_batch("echo", "1", [b"job-%d" % i for i in range(300)])
+        assert [h.result(WAIT) for h in handles] == [b"job-%d" % i for i in range(300)]
+    status = a.status()
+    assert status["backend"]["name"] == "redis" and status["backend"]["durable"]
+    grid = a.call(a.grid.grid_status())  # what the controller's status shows under "grid"
+    assert {s["server"] for s in grid["servers"]} == {a.grid.backend.status()["server"], b.grid.backend.status()["server"]}
+    assert [(q["service_id"], q["queued"], q["leased"]) for q in grid["queues"]] == [("echo", 0, 0)]
+    assert a.workers() == [] and [w["jobs_done"] for w in b.workers()] == [300]  # B's worker ran them
+
+
+def test_jobs_go_to_the_server_whose_workers_have_room(shared, spawn_worker) -> None:
+    a, b = shared(), shared()
+    spawn_worker(server=a)
+    spawn_worker(server=b)
+    a.wait(lambda s: len(s["workers"]) == 1)
+    b.wait(lambda s: len(s["workers"]) == 1)
+    with a.client() as client:
+        assert list(client.map("echo", "1", [b"%d" % i for i in range(2000)])) == [b"%d" % i for i in range(2000)]
+    (done_a,), (done_b,) = [w["jobs_done"] for w in a.workers()], [w["jobs_done"] for w in b.workers()]
+    assert done_a + done_b == 2000 and done_a > 0 and done_b > 0
+
+
+def test_a_session_moves_with_its_client(shared, spawn_worker) -> None:
+    """Jobs submitted on A, then the client's session reopened on B: B delivers their results."""
+    a, b = shared(), shared()
+    with a.client(session="moving") as first:
+        handles = first.submit_batch("later", "1", [b"a", b"b", b"c"])
+        ids = [h.job_id for h in handles]
+        with b.client(session="moving") as second:  # the same session opens its results stream on B
+            last = second.submit("later", "1", b"d")
+            assert poll(lambda: b.status()["sessions"]["streaming"] == 1)
+            spawn_worker("grid_handlers:echo", "later", "1", server=b)
+            assert last.result(WAIT) == b"d"
+            assert poll(lambda: all(second.get_result(i).state == 3 for i in ids))  # JOB_DONE
+            assert [second.get_result(i).data for i in ids] == [b"a", b"b", b"c"]
+        # A is no longer the session's home: its client hears nothing of results it cannot deliver.
+        assert not any(h.done() for h in handles)
+
+
+def test_another_identity_cannot_take_a_session(redis_url: str, grid_server_factory, spawn_worker) -> None:
+    a = grid_server_factory(FAST, backend=open_backend(redis_url))
+    b = grid_server_factory(FAST, backend=open_backend(redis_url))
+    with a.client("alice", session="alices") as alice:
+        alice.submit_batch("nobody", "1", [b"secret"])
+        with pytest.raises(RpcException) as info, b.client("bob", session="alices") as bob:
+            bob.submit("nobody", "1", b"x").result(WAIT)  # bob's results stream for alice's session is refused
+        assert alice.get_result(alice.submit("nobody", "1", b"y").job_id).state == 1  # alice's session is intact
+    assert info.value.rc == ResultCode.ERROR_ITEM_UNKNOWN and "unknown session" in info.value.message
+
+
+def test_server_sigkilled_its_jobs_run_on_another(
+    processes, spawn_worker, job_started: JobStarted, redis_url: str
+) -> None:
+    """A server dies holding a running job: after the lease time another server's worker runs it, once."""
+    a = processes("--lease-ttl", "1")
+    b = processes("--lease-ttl", "1")
+    spawn_worker("grid_handlers:signalled_slow", server=a, env=job_started.env)
+    with GridClient(b.endpoint, timeout=WAIT) as client:
+        handle = client.submit("echo", "1", b"survivor")
+        job_started.wait()  # running on A's worker
+        a.kill()
+        spawn_worker(server=b)
+        assert handle.result(WAIT) == b"survivor"
+        assert client.get_result(handle.job_id).attempts >= 1
+    assert b.proc is not None
+    pid = b.proc.pid
+    observer = RedisBackend(redis_url)  # reads the grid's status as any server of it does
+    try:
+        # A drops out of the grid's status once its registration is stale.
+        assert poll(lambda: [s["pid"] for s in observer.grid_status()["servers"]] == [pid])
+        assert observer.grid_status()["servers"][0]["counters"]["done"] == 1
+    finally:
+        observer.close()
+
+
+def test_graceful_stop_hands_jobs_back_at_once(shared, spawn_worker, job_started: JobStarted) -> None:
+    limits = GridLimits(heartbeat_interval=0.2, heartbeat_timeout=1.0, shutdown_delay=0.2, lease_ttl=600)
+    a, b = shared(limits), shared(limits)
+    spawn_worker("grid_handlers:signalled_slow", server=a, env=job_started.env)
+    a.wait(lambda s: len(s["workers"]) == 1)
+    with b.client() as client:
+        handle = client.submit("echo", "1", b"handed back")
+        job_started.wait()
+        a.stop()  # its worker is told to stop; the job it held goes back to the queue (no 600 s lease wait)
+        spawn_worker(server=b)
+        assert handle.result(WAIT) == b"handed back"
+
+
+def test_backend_unavailable_is_one_line_error() -> None:
+    with pytest.raises(BackendUnavailable) as info:
+        RedisBackend("redis://127.0.0.1:1/0")
+    assert "does not answer" in str(info.value) and "\n" not in str(info.value)
