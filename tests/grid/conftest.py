@@ -225,6 +225,16 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     client.close()
 
 
+def backend_option(name: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``grid_server_factory`` options for a test parametrized over backends: ``memory`` or ``redis`` (the
+    ``redis_url`` fixture: skipped without Redis)."""
+    if name == "memory":
+        return {}
+    from grpc_helper.grid.backends import open_backend
+
+    return {"backend": open_backend(request.getfixturevalue("redis_url"))}
+
+
 @pytest.fixture
 def grid_process() -> Iterator[GridProcess]:
     """A grid server process on the memory backend: a restart forgets every job."""

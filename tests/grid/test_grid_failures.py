@@ -12,11 +12,14 @@ import pytest
 from grpc_helper import ResultCode, RpcException
 from grpc_helper.grid import GridClient, GridLimits, JobError
 
-from .conftest import ALICE, BOB, WAIT, GridProcess, GridServer, poll, worker_env
+from .conftest import ALICE, BOB, WAIT, GridProcess, GridServer, backend_option, poll, worker_env
 
 
-def test_poison_job_fails_alone_innocents_complete(grid_server_factory, spawn_worker) -> None:
-    server: GridServer = grid_server_factory(GridLimits(heartbeat_interval=0.2, heartbeat_timeout=2.0, max_lost=3))
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_poison_job_fails_alone_innocents_complete(backend: str, request, grid_server_factory, spawn_worker) -> None:
+    server: GridServer = grid_server_factory(
+        GridLimits(heartbeat_interval=0.2, heartbeat_timeout=2.0, max_lost=3), **backend_option(backend, request)
+    )
     workers = [spawn_worker("grid_handlers:crash_on_poison", server=server) for _ in range(2)]
     with server.client() as client:
         server.wait(lambda s: len(s["workers"]) == 2)  # both windows open: innocents sit behind the poison
@@ -44,10 +47,11 @@ def test_poison_job_fails_alone_innocents_complete(grid_server_factory, spawn_wo
     assert server.status()["counters"]["returned"] >= 1  # prefetched, never started: back without penalty
 
 
-def test_careless_client_never_blocks_a_careful_one(grid_server_factory, spawn_worker, tls_dir) -> None:
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_careless_client_never_blocks_a_careful_one(backend: str, request, grid_server_factory, spawn_worker, tls_dir) -> None:
     limits = GridLimits(max_jobs=10, max_session_jobs=5, session_ttl=4.0, result_ttl=4.0, heartbeat_interval=0.2,
                         heartbeat_timeout=1.0)
-    server: GridServer = grid_server_factory(limits)
+    server: GridServer = grid_server_factory(limits, **backend_option(backend, request))
     spawn_worker(server=server)
 
     def careless() -> None:

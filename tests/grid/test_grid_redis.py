@@ -5,7 +5,11 @@ Skipped, saying why, where no Redis answers on 127.0.0.1:6379 (``.ci/run`` start
 
 from __future__ import annotations
 
+import queue
+import random
+import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 
 import pytest
 
@@ -137,3 +141,42 @@ def test_backend_unavailable_is_one_line_error() -> None:
     with pytest.raises(BackendUnavailable) as info:
         RedisBackend("redis://127.0.0.1:1/0")
     assert "does not answer" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_chaos_two_servers_one_redis(processes, spawn_worker) -> None:
+    """3,000 jobs from two clients (one per server) and four workers spread over two servers; server A is
+    SIGKILLed twice mid-run (and restarted on its port), workers are SIGKILLed too: every result arrives exactly
+    once, none is reported unknown, none resubmitted."""
+    rng = random.Random(10)
+    servers = [processes("--lease-ttl", "1"), processes("--lease-ttl", "1")]
+    workers = [spawn_worker("grid_handlers:tick", "chaos", "1", server=servers[i % 2]) for i in range(4)]
+    jobs = 3000
+    payloads = [b"job-%05d" % i for i in range(jobs)]
+    done: queue.Queue[tuple[int, Future[bytes]]] = queue.Queue()
+    results: dict[int, bytes] = {}
+    worker_kills = server_kills = 0
+    with GridClient(servers[0].endpoint, timeout=WAIT) as on_a, GridClient(servers[1].endpoint, timeout=WAIT) as on_b:
+        for client, indexes in ((on_a, range(0, jobs, 2)), (on_b, range(1, jobs, 2))):
+            handles = client.submit_batch("chaos", "1", [payloads[i] for i in indexes])
+            for i, handle in zip(indexes, handles, strict=True):
+                handle.future.add_done_callback(lambda f, i=i: done.put((i, f)))
+        next_kill = 150
+        while len(results) < jobs:
+            index, future = done.get(timeout=WAIT)
+            assert future.exception() is None, f"job {index}: {future.exception()}"
+            assert index not in results, f"job {index} resolved twice"
+            results[index] = future.result()
+            if len(results) >= next_kill and next_kill < jobs:
+                next_kill += 150
+                if next_kill in (900, 2100):
+                    servers[0].kill()
+                    servers[0].start()
+                    server_kills += 1
+                else:
+                    victim = workers.pop(rng.randrange(len(workers)))
+                    victim.send_signal(signal.SIGKILL)
+                    victim.wait(WAIT)
+                    worker_kills += 1
+                    workers.append(spawn_worker("grid_handlers:tick", "chaos", "1", server=servers[worker_kills % 2]))
+    assert [results[i] for i in range(jobs)] == payloads
+    assert server_kills == 2 and worker_kills >= 10
