@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +31,10 @@ STREAM_NAMES = ("stdout", "stderr")
 CHUNK_SIZE = 256 * 1024  # default per-reader buffer and maximum message size
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _SHARED_READ = 64 << 10  # followers in step share reads up to this size (a live log keeps at most one)
+#: A writer that batches (the output pump) wakes the readers at most this often (seconds) while output keeps
+#: coming: a fast job's output then goes out in big messages instead of one small message per pipe write.
+WAKE_INTERVAL = 0.002
+_BATCH = 256 << 10  # while a wake-up is held back, a follower waits for this much (or its chunk size)
 
 #: ``on_stop(reason, message)``: the log stopped accepting output (called once, from the writer's thread).
 StopCallback = Callable[[StopReason, str], None]
@@ -53,6 +58,8 @@ class JobLog:
         #: The last chunk read, shared by followers at the same place (they read the same bytes, in step).
         self.last_read: tuple[int, int, bytes] = (-1, -1, b"")
         self._fds: list[int] = []
+        self._woken = 0.0  # time.monotonic() of the last wake-up
+        self._held = False  # a batching writer's wake-up waits for WAKE_INTERVAL to pass
         #: Why the log stopped accepting output (``StopReason.NONE`` while it accepts it).
         self.stopped = StopReason.NONE
         if live:
@@ -112,13 +119,32 @@ class JobLog:
     def _no_space(self, error: OSError) -> None:
         self._stop(StopReason.NO_SPACE, f"output could not be written to the state directory: {error.strerror}")
 
-    def _grew(self, stream: int, offset: int) -> None:
+    def _grew(self, stream: int, offset: int, batch: bool = False) -> None:
         with self._cond:
             self._sizes[stream] = offset
+            if batch and time.monotonic() - self._woken < WAKE_INTERVAL:
+                self._held = True
+                return
             self._notify()
 
-    def write(self, stream: int, data: bytes) -> None:
-        """Append to a stream (single writer) and wake its readers; output past the limit is dropped."""
+    def held_wakeup(self) -> float | None:
+        """Seconds until the wake-up a batching writer held back is due (0: now), None when none is held."""
+        with self._cond:
+            if not self._held:
+                return None
+            return max(0.0, self._woken + WAKE_INTERVAL - time.monotonic())
+
+    def release_wakeup(self) -> None:
+        """Send the wake-up a batching writer held back, if any."""
+        with self._cond:
+            if self._held:
+                self._notify()
+
+    def write(self, stream: int, data: bytes, batch: bool = False) -> None:
+        """Append to a stream (single writer) and wake its readers; output past the limit is dropped.
+
+        With ``batch``, the wake-up may be held back (up to ``WAKE_INTERVAL``): the writer then calls
+        :meth:`release_wakeup` once :meth:`held_wakeup` says it is due."""
         if self.stopped:
             return
         room = self._room()
@@ -135,11 +161,11 @@ class JobLog:
                 self._no_space(e)
                 return
             raise
-        self._grew(stream, offset)
+        self._grew(stream, offset, batch)
         if room is not None and len(data) > room:
             self._over_limit()
 
-    def splice_from(self, stream: int, pipe_fd: int, size: int) -> int:
+    def splice_from(self, stream: int, pipe_fd: int, size: int, batch: bool = False) -> int:
         """Move up to ``size`` bytes from a pipe to a stream in the kernel (no copy through Python).
 
         Returns the byte count, 0 at the end of the pipe. Once the log stopped accepting output, the pipe is
@@ -163,7 +189,7 @@ class JobLog:
                 return len(os.read(pipe_fd, size))
             raise
         if n:
-            self._grew(stream, self._sizes[stream] + n)
+            self._grew(stream, self._sizes[stream] + n, batch)
         return n
 
     def close(self) -> None:
@@ -184,6 +210,8 @@ class JobLog:
 
     def _notify(self) -> None:
         """Wake thread readers and asyncio followers (called with ``_cond`` held)."""
+        self._held = False
+        self._woken = time.monotonic()
         self._cond.notify_all()
         if not self._waiters:
             return
@@ -245,7 +273,11 @@ class JobLog:
             while True:
                 with self._cond:
                     sizes, closed = list(self._sizes), self._closed
-                    if follow and not closed and sizes == cursor.offsets and not cancelled():
+                    if follow and not closed and not cancelled() and (
+                        sizes == cursor.offsets or (self._held and cursor.pending(sizes) < cursor.batch())
+                    ):
+                        # Nothing new, or a little while the writer holds a wake-up back: more is coming (within
+                        # WAKE_INTERVAL), so wait for it rather than send many small messages.
                         waiter = (loop, loop.create_future())
                         self._waiters.append(waiter)
                 if waiter is not None:
@@ -273,6 +305,14 @@ class _Cursor:
         self.fds = [_open_read(path) for path in log.paths]
         self.offsets = [0, 0]
         self.broken = False
+
+    def pending(self, sizes: list[int]) -> int:
+        """Bytes written up to ``sizes`` that this reader has not read yet."""
+        return sizes[0] - self.offsets[0] + sizes[1] - self.offsets[1]
+
+    def batch(self) -> int:
+        """Bytes worth a message of their own while more output is coming."""
+        return min(self.chunk(), _BATCH)
 
     def chunks(self, sizes: list[int], cancelled: Callable[[], bool]) -> Iterator[tuple[int, bytes]]:
         """What was written up to ``sizes``, chunk by chunk (a page-cache read: it does not block)."""

@@ -33,6 +33,7 @@ import select
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ from grpc_helper.jobs.sandbox import Isolation, SandboxError, resolve_user, supp
 _LOG = logging.getLogger(__name__)
 _PIPE_SIZE = 1 << 20  # bigger pipes: fewer wake-ups and syscalls for chatty jobs
 _READ_SIZE = 1 << 20
+_SMALL_READ = 64 << 10  # after moving less than this, the pump waits _SETTLE before looking at the pipes again
+_SETTLE = 0.0005  # seconds; the pipe (_PIPE_SIZE) holds more than a fast job writes meanwhile
 _SPAWN_TIMEOUT = 30.0  # the helper only makes a few system calls before exec: anything longer is a broken host
 _DRAIN_TIMEOUT = 5.0  # after the group is gone, how long an escaped process may keep our pipes open
 _PATH_STAGES = ("cwd", "cgroup", "exec")  # stages whose report names a path or command
@@ -176,27 +179,42 @@ class JobProcess:
         splice = hasattr(os, "splice")
         try:
             while open_fds:
-                for fd, _event in poller.poll():
+                # Wake-ups of the log's readers are batched while output keeps coming (see JobLog.write).
+                due = self._log.held_wakeup()
+                if due == 0:
+                    self._log.release_wakeup()
+                    due = None
+                events = poller.poll(None if due is None else due * 1000)
+                if not events:
+                    self._log.release_wakeup()
+                moved = 0
+                for fd, _event in events:
                     if fd == self._wake_r:
                         open_fds.clear()  # drain timeout: stop following pipes held by escaped processes
                         break
                     n = 0
                     if splice:
                         try:
-                            n = self._log.splice_from(fds[fd], fd, _READ_SIZE)
+                            n = self._log.splice_from(fds[fd], fd, _READ_SIZE, batch=True)
                         except OSError:
                             splice = False  # e.g. a file system without splice support: copy instead
                     if not splice:
                         data = os.read(fd, _READ_SIZE)
                         n = len(data)
                         if data:
-                            self._log.write(fds[fd], data)
+                            self._log.write(fds[fd], data, batch=True)
                     if not n:
                         poller.unregister(fd)
                         open_fds.discard(fd)
+                    moved = max(moved, n)
+                if 0 < moved < _SMALL_READ:
+                    # The job writes in small pieces (head: 4 KiB): let them gather in the pipe rather than pay a
+                    # wake-up and Python's bookkeeping (and the GIL, shared with the server's loop) per piece.
+                    time.sleep(_SETTLE)
         except Exception:
             _LOG.exception("output pump of job pid %d failed", self.pid)
         finally:
+            self._log.release_wakeup()
             self._proc.stdout.close()
             self._proc.stderr.close()
 

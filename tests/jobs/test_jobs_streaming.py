@@ -67,6 +67,24 @@ def test_follow_ends_when_the_job_ends_and_snapshot_does_not_wait(jobs_env):
     assert ended.wait(10)
 
 
+def test_a_burst_then_silence_reaches_followers_while_the_job_runs(jobs_env):
+    # The output pump batches its wake-ups while output keeps coming: the last piece of a burst must still go
+    # out while the job is silent (not only when it ends).
+    jobs = jobs_env().jobs("alice")
+    burst = "import sys, time\nfor i in range(200): sys.stdout.write(f'{i}\\n'); sys.stdout.flush()\n" \
+            "print('end', flush=True); time.sleep(60)\n"
+    st = run(jobs, PY, "-c", burst)
+    want = "".join(f"{i}\n" for i in range(200)).encode() + b"end\n"
+    data = b""
+    for chunk in jobs.Logs(jobs_pb2.LogsRequest(job_id=st.job_id, follow=True), timeout=20):
+        data += chunk.data
+        if data.endswith(b"end\n"):
+            break
+    assert data == want
+    assert status(jobs, st.job_id).state == jobs_pb2.JOB_RUNNING
+    jobs.Stop(jobs_pb2.StopRequest(job_id=st.job_id, grace_seconds=5))
+
+
 def test_reader_that_disconnects_mid_stream_is_cleaned_up(jobs_env):
     env = jobs_env()
     jobs = env.jobs("alice")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from grpc_helper.jobs import ids
+from grpc_helper.jobs import ids, logs
 from grpc_helper.jobs.logs import STDERR, STDOUT, JobLog
 from grpc_helper.jobs.process import JobProcess, LaunchSpec, StartError
 from grpc_helper.jobs.sandbox import NO_ISOLATION
@@ -66,6 +67,39 @@ def test_log_reader_wakes_on_cancel(tmp_path: Path):
     log.wake()
     assert done.wait(5)
     log.close()
+
+
+def test_batched_writes_hold_the_wake_up_until_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A batching writer (the output pump) may hold a wake-up back; a follower then waits for it (more is
+    # coming) instead of sending each small piece, and gets everything once the writer releases it.
+    monkeypatch.setattr(logs, "WAKE_INTERVAL", 3600.0)
+    log = JobLog.create(tmp_path, "job")
+
+    async def scenario() -> bytes:
+        got = bytearray()
+        first = asyncio.Event()
+
+        async def follow() -> None:
+            async for _stream, data in log.follow():
+                got.extend(data)
+                first.set()
+
+        task = asyncio.create_task(follow())
+        log.write(STDOUT, b"a", batch=True)  # nothing was announced for an interval: announced at once
+        await first.wait()
+        log.write(STDOUT, b"b", batch=True)
+        log.write(STDERR, b"c", batch=True)
+        held = log.held_wakeup()
+        assert held is not None and held > 0
+        log.release_wakeup()
+        assert log.held_wakeup() is None
+        while len(got) < 3:  # woken by the release, not by close()
+            await asyncio.sleep(0)
+        log.close()
+        await task
+        return bytes(got)
+
+    assert sorted(asyncio.run(scenario())) == sorted(b"abc")
 
 
 def test_store_round_trip(tmp_path: Path):
