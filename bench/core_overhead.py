@@ -11,7 +11,7 @@ and the median of each is kept, so machine noise hits both sides alike.
     C   server CPU time per sequential call, AsyncRpcServer ÷ bare grpc.aio (goal <= 1.02), and
         RpcServer ÷ bare grpc.server (for information); the difference is the work grpc-helper adds per call
 
-CPU time is read from each server process (user + system), so it measures the work done for a call rather
+CPU time is read from each server process (the scheduler's per-thread run time), so it measures the work done for a call rather
 than how long the call waited: it is much steadier than wall-clock figures on a busy machine.
 
 The asyncio servers answer on their event loop: the bare one hosts an ``async def`` wrapper of the same
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -76,7 +79,7 @@ def _ours() -> tuple[int, object]:
 AIO_SERVERS: dict[str, Callable[[], Awaitable[tuple[int, Callable[[], Awaitable[None]]]]]] = {}
 
 
-async def _bare_aio() -> tuple[int, Callable[[], Awaitable[None]]]:
+async def _bare_aio(register: Callable[[Any], None] | None = None) -> tuple[int, Callable[[], Awaitable[None]]]:
     from grpc_helper.info import InfoManager, info_descriptor
 
     manager = InfoManager()
@@ -88,6 +91,8 @@ async def _bare_aio() -> tuple[int, Callable[[], Awaitable[None]]]:
 
     srv = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     info_pb2_grpc.add_InfoServiceServicer_to_server(AsyncInfo(), srv)
+    if register is not None:
+        register(srv)
     port = srv.add_insecure_port("127.0.0.1:0")
     await srv.start()
     return port, lambda: srv.stop(None)
@@ -101,19 +106,127 @@ async def _ours_aio() -> tuple[int, Callable[[], Awaitable[None]]]:
     return srv.port, srv.shutdown
 
 
-AIO_SERVERS.update({"bare-aio": _bare_aio, "ours-aio": _ours_aio})
+async def _bare_aio_registered() -> tuple[int, Callable[[], Awaitable[None]]]:
+    """The bare asyncio server with the built-in and health services registered too (never called)."""
+    from grpc_health.v1 import health_pb2_grpc
+
+    from grpc_helper._builtin import BuiltinServices
+    from grpc_helper._health import AsyncHealthServicer
+
+    async def stop(_grace: float) -> None:
+        pass
+
+    def register(srv: Any) -> None:
+        for d in BuiltinServices().descriptors([], lambda: stop(0), asyncio=True):
+            d.register_method(d.manager, srv)
+        health_pb2_grpc.add_HealthServicer_to_server(AsyncHealthServicer(), srv)
+
+    return await _bare_aio(register)
+
+
+AIO_SERVERS.update({"bare-aio": _bare_aio, "ours-aio": _ours_aio, "bare-aio-registered": _bare_aio_registered})
+
+#: A/B variants of ``ours-aio`` (``--servers``): each removes one part of the per-call work, in this benchmark's
+#: server process only, to measure what that part costs. Some of them drop a guarantee: measurement only.
+VARIANTS: dict[str, Callable[[], None]] = {}
+
+
+def variant(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    def register(patch: Callable[[], None]) -> Callable[[], None]:
+        VARIANTS[name] = patch
+        return patch
+
+    return register
+
+
+@variant("no-services")
+def _no_services() -> None:
+    import grpc_helper.aio.server as aio_server
+
+    original = aio_server.AsyncRpcServer.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **{**kwargs, "services": False})
+
+    aio_server.AsyncRpcServer.__init__ = init  # type: ignore[method-assign]
+
+
+@variant("no-wrap")
+def _no_wrap() -> None:
+    """Methods run as registered: none of grpc-helper's per-call work (version check, admission, error mapping)."""
+    from grpc_helper.aio.server import HandlerTable
+
+    original = HandlerTable.__init__
+
+    def init(self: Any, resolve: Any) -> None:
+        original(self, None)
+
+    HandlerTable.__init__ = init  # type: ignore[method-assign]
+
+
+@variant("no-version")
+def _no_version() -> None:
+    import grpc_helper._interceptors as interceptors
+
+    interceptors.version_error = lambda info, metadata: None
+
+
+@variant("no-safe")
+def _no_safe() -> None:
+    import grpc_helper._interceptors as interceptors
+
+    interceptors.safe_deserializer = lambda deserializer: deserializer  # type: ignore[attr-defined]
+
+
+@variant("no-gate")
+def _no_gate() -> None:
+    """Identity, access rule, quota, current identity and call tracking: all of ``CallScope``."""
+    from grpc_helper._admission import CallScope
+
+    CallScope.enter = lambda self, context: None  # type: ignore[assignment, method-assign, return-value]
+    CallScope.leave = lambda self, ticket: None  # type: ignore[assignment, method-assign]
+
+
+@variant("no-calls")
+def _no_calls() -> None:
+    from grpc_helper._debug import CallRegistry
+
+    CallRegistry.begin = lambda self, method, context: 0  # type: ignore[assignment, method-assign]
+    CallRegistry.end = lambda self, key: None  # type: ignore[assignment, method-assign]
+
+
+@variant("no-identity")
+def _no_identity() -> None:
+    from grpc_helper._admission import CallGate
+
+    original = CallGate.__init__
+
+    def init(self: Any, resolver: Any, quotas: Any, secure: bool = True) -> None:
+        original(self, resolver, quotas, False)
+
+    CallGate.__init__ = init  # type: ignore[method-assign]
+
+
+def aio_server_of(name: str) -> Callable[[], Awaitable[tuple[int, Callable[[], Awaitable[None]]]]]:
+    """``ours-aio`` variants are ``ours-aio-<variant>[+<variant>...]``."""
+    if name in AIO_SERVERS:
+        return AIO_SERVERS[name]
+    for patch in name.removeprefix("ours-aio-").split("+"):
+        VARIANTS[patch]()
+    return _ours_aio
 
 
 async def serve_aio(name: str) -> None:
-    port, stop = await AIO_SERVERS[name]()
+    port, stop = await aio_server_of(name)()
     print(port, flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await stop()
 
 
 def serve(name: str) -> None:
-    """Child process: start one server, print its port, serve until stdin closes."""
-    if name in AIO_SERVERS:
+    """Child process: start one server, print its port, serve until stdin closes (``name#2``: a second one)."""
+    name = name.partition("#")[0]
+    if name in AIO_SERVERS or name.startswith("ours-aio-"):
         asyncio.run(serve_aio(name))
         return
     port, alive = SERVERS[name]()
@@ -123,10 +236,17 @@ def serve(name: str) -> None:
 
 
 class Target:
+    """A server process (``ref:NAME``: server NAME of the checkout given with ``--ref``, for before/after)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
+        script, env = SERVE_SCRIPT[0], None
+        if name.startswith("ref:"):
+            name = name.removeprefix("ref:")
+            script = os.path.join(REF[0], "bench", os.path.basename(script))
+            env = {**os.environ, "PYTHONPATH": REF[0]}
         self.proc = subprocess.Popen(
-            [sys.executable, SERVE_SCRIPT[0], "--serve", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, script, "--serve", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
@@ -143,6 +263,7 @@ class Target:
 
 
 SERVE_SCRIPT = [__file__]
+REF = [""]  # --ref: another checkout of the project
 REQUEST = info_pb2.InfoFilter()
 METADATA = client_metadata(info_pb2.INFO_API_CURRENT, "bench")
 
@@ -155,13 +276,28 @@ def sequential_latency(target: Target, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of all the process's threads: from the scheduler (ns resolution) where Linux exposes it, else
+    user + system (clock ticks: 10 ms)."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{process.pid}/task"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError), open(  # a thread may just end
+                f"/proc/{process.pid}/task/{task}/schedstat"
+            ) as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except OSError:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+
 def cpu_per_call(target: Target, calls: int) -> float:
-    """Server CPU seconds (user + system, all its threads) per call, one call at a time."""
-    before = target.process.cpu_times()
+    """Server CPU seconds (all its threads) per call, one call at a time."""
+    before = cpu_seconds(target.process)
     for _ in range(calls):
         target.get(REQUEST, metadata=METADATA, timeout=10)
-    after = target.process.cpu_times()
-    return (after.user + after.system - before.user - before.system) / calls
+    return (cpu_seconds(target.process) - before) / calls
 
 
 def throughput(target: Target, calls: int, concurrency: int) -> float:
@@ -184,32 +320,58 @@ def throughput(target: Target, calls: int, concurrency: int) -> float:
     return per_thread * concurrency / (time.perf_counter() - start)
 
 
-def measure(names: list[str], rounds: int, bench: Callable[[Target], float]) -> dict[str, float]:
-    """Median of `rounds` alternating measurements per server."""
+def sample(names: list[str], rounds: int, bench: Callable[[Target], float]) -> dict[str, list[float]]:
+    """`rounds` measurements per server, alternating (every other round in reverse order, so that no server
+    always follows the same one)."""
     targets = [Target(n) for n in names]
     try:
         samples: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(rounds):
-            for t in targets:
+        for i in range(rounds):
+            for t in targets if i % 2 == 0 else reversed(targets):
                 samples[t.name].append(bench(t))
-        return {n: statistics.median(v) for n, v in samples.items()}
+        return samples
     finally:
         for t in targets:
             t.close()
 
 
+def measure(names: list[str], rounds: int, bench: Callable[[Target], float]) -> dict[str, float]:
+    """Median of `rounds` alternating measurements per server."""
+    return {n: statistics.median(v) for n, v in sample(names, rounds, bench).items()}
+
+
+def paired(samples: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of ``name``'s measurement ÷ ``base``'s in the same round (drift cancels out)."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[base], strict=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--serve", choices=sorted([*SERVERS, *AIO_SERVERS]), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--servers", help="with --only-cpu: servers to compare, comma-separated, e.g. bare-aio,ours-aio,"
+                        f"ours-aio-no-version (variants: {', '.join(VARIANTS)}; combine with +)")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--only-cpu", action="store_true", help="only the server CPU per call figures")
+    parser.add_argument("--ref", default="", help="another checkout (with generated code) for ref:NAME servers")
     args = parser.parse_args()
+    REF[0] = os.path.abspath(args.ref) if args.ref else ""
     if args.serve:
         serve(args.serve)
         return
     names = [*SERVERS, *AIO_SERVERS] if not args.only_cpu else ["bare-aio", "ours-aio", "bare", "ours"]
+    if args.servers:
+        names = args.servers.split(",")
+        samples = sample(names, args.rounds, lambda t: cpu_per_call(t, args.calls))
+        base = names[0]
+        print(f"server CPU per call, median of {args.rounds} alternating rounds of {args.calls} calls; ratios to {base}: "
+              "of the medians, and the median of each round's ratio")
+        for n in names:
+            mine, ref = statistics.median(samples[n]), statistics.median(samples[base])
+            print(f"{n:<44} {mine * 1e6:7.1f} us  {mine / ref:.3f} ({(mine - ref) * 1e6:+6.1f} us)  "
+                  f"paired {paired(samples, n, base):.3f}")
+        return
     if args.only_cpu:
         cpu = measure(names, args.rounds, lambda t: cpu_per_call(t, args.calls))
         for n in names:

@@ -90,16 +90,19 @@ def behavior_of(handler: Handler) -> Callable[..., Any]:
     return behavior
 
 
-def rebuild_handler(handler: Handler, behavior: Callable[..., Any], *, safe: bool = False) -> Handler:
+def rebuild_handler(
+    handler: Handler, behavior: Callable[..., Any], *, safe: bool = False, encoded_replies: bool = False
+) -> Handler:
     """A handler of the same shape and serializers as ``handler`` running ``behavior``.
 
-    With ``safe``, requests are decoded by ``safe_deserializer`` (``behavior`` must check them)."""
+    With ``safe``, requests are decoded by ``safe_deserializer`` (``behavior`` must check them); with
+    ``encoded_replies``, ``behavior`` serialises its replies itself."""
     factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
     deserializer = handler.request_deserializer
     return factory(  # type: ignore[no-any-return, operator]
         behavior,
         request_deserializer=safe_deserializer(deserializer) if safe else deserializer,  # type: ignore[arg-type]
-        response_serializer=handler.response_serializer,
+        response_serializer=None if encoded_replies else handler.response_serializer,
     )
 
 

@@ -1,7 +1,8 @@
 """The asyncio server interceptor: the same API-version checks, admission, error mapping and call tracking as the sync one.
 
 The decision per call (version check, cached wrapped handler) is ``InterceptorCore``'s; only the wrapping of
-behaviors differs: ``async def`` methods are awaited, async generators re-yielded. Plain ``def`` methods
+behaviors differs: ``async def`` methods are awaited, async generators' replies written (a reply may be given
+already serialised, as ``bytes``). Plain ``def`` methods
 (the info service, a generated servicer's UNIMPLEMENTED defaults) run on the event loop: they must not block.
 """
 
@@ -90,7 +91,7 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
                 try:
                     async for item in items(scope.decoded(request), context):
                         watchdog.sending(context, cut)
-                        await context.write(item)
+                        await context.write(item if serialize is None or type(item) is bytes else serialize(item))
                         watchdog.sent(context)
                 except grpc.aio.AbortError:
                     raise
@@ -119,8 +120,10 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
                     if ticket is not None:
                         scope.leave(ticket)
 
-            return rebuild_handler(handler, stream, safe=True)
-
+            # Replies are serialised here, so that a manager may also yield one already encoded (bytes): a big
+            # message then costs no protobuf object and no extra copy (the jobs service's log chunks).
+            serialize = handler.response_serializer
+            return rebuild_handler(handler, stream, safe=True, encoded_replies=True)
 
         async def unary(request: Any, context: Context) -> Any:
             ticket = await enter(context)

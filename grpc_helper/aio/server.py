@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -20,9 +20,85 @@ from grpc_helper._signals import STOP_SIGNALS, TwoStageStop
 from grpc_helper.aio._interceptors import AsyncRpcServerInterceptor
 from grpc_helper.aio.client import AsyncRpcClient
 from grpc_helper.client import RpcClient
-from grpc_helper.descriptor import RpcServiceDescriptor
+from grpc_helper.descriptor import Handler, RpcServiceDescriptor
+
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    GenericHandler = grpc.GenericRpcHandler[Any, Any]
+else:
+    GenericHandler = grpc.GenericRpcHandler
 
 _log = logging.getLogger("grpc_helper.server")
+
+#: ``resolve(handler, details)``: the handler to run for a call of ``handler``'s method (None: refuse it).
+Resolve = Callable[[Handler, grpc.HandlerCallDetails], Handler | None]
+
+
+class HandlerTable(GenericHandler):
+    """Every method the server hosts, found with one dict lookup, each call resolved by ``resolve``.
+
+    Why not grpc.aio's own registration: for each *registered* method (generated ``add_*_to_server`` functions
+    register every method of their service) the aio server keeps a pending request, and its accept loop waits
+    on all of them for every call (``asyncio.wait``: a few µs per registered method, per call, whatever the
+    method called). Here the server has no registered method: one pending request, one generic handler.
+    ``resolve`` is the grpc-helper interceptor's decision (version check, wrapped handler) when no extra
+    interceptor is given, so the call does not go through grpc.aio's interceptor coroutines either.
+    """
+
+    def __init__(self, resolve: Resolve | None) -> None:
+        self._methods: dict[str, Handler] = {}
+        self._generic: list[GenericHandler] = []
+        self._resolve = resolve
+
+    def add_registered(self, service_name: str, handlers: Mapping[str, Handler]) -> None:
+        for method, handler in handlers.items():
+            self._methods[f"/{service_name}/{method}"] = handler
+
+    def add_generic(self, handlers: Iterable[GenericHandler]) -> None:
+        # Generated code registers its service both ways: the registered methods are found first; the generic
+        # handler serves the methods of older generated code and of hand-made handlers (reflection).
+        self._generic.extend(handlers)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = self._methods.get(handler_call_details.method)  # type: ignore[attr-defined]
+        if handler is None:
+            for generic in self._generic:
+                handler = generic.service(handler_call_details)
+                if handler is not None:
+                    break
+            else:
+                return None
+        if self._resolve is None:
+            return handler
+        return self._resolve(handler, handler_call_details)
+
+
+class _Registrar(grpc.aio.Server):  # type: ignore[misc]
+    """The server as the services see it while they register: their handlers go to the ``HandlerTable``."""
+
+    def __init__(self, server: grpc.aio.Server, table: HandlerTable) -> None:
+        self._server = server
+        self._table = table
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[GenericHandler]) -> None:
+        self._table.add_generic(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Mapping[str, Handler]) -> None:
+        self._table.add_registered(service_name, method_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._server.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._server.wait_for_termination(timeout)
 
 
 class AsyncRpcServer(ServerView):
@@ -109,12 +185,18 @@ class AsyncRpcServer(ServerView):
             raise RuntimeError("the server is already started")
         core = self._core
         self._terminated = asyncio.Event()
-        self._server = grpc.aio.server(
-            interceptors=[AsyncRpcServerInterceptor(*core.interceptor_args()), *self._interceptors],
-            options=core.options(self._options),
-        )
+        interceptor = AsyncRpcServerInterceptor(*core.interceptor_args())
+        if self._interceptors:  # ours runs first, as an interceptor
+            table = HandlerTable(None)
+            self._server = grpc.aio.server(interceptors=[interceptor, *self._interceptors], options=core.options(self._options))
+        else:  # ours decides when the method is looked up (no interceptor)
+            table = HandlerTable(interceptor.handler_for)
+            self._server = grpc.aio.server(options=core.options(self._options))
+        self._server.add_generic_rpc_handlers((table,))
         try:
-            await drive_async(core.start_steps(self._server, self._credentials, self._clients(), self._stop_server))
+            await drive_async(
+                core.start_steps(_Registrar(self._server, table), self._credentials, self._clients(), self._stop_server)
+            )
         except BaseException:
             with core.lock:
                 core.shutting_down = True

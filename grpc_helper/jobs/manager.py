@@ -25,7 +25,7 @@ from grpc_helper.jobs.auth import Caller, caller
 from grpc_helper.jobs.cgroups import DEFAULT_PARENT, CgroupSupport, detect
 from grpc_helper.jobs.launch import Launcher, LiveJob
 from grpc_helper.jobs.limits import JobsLimits
-from grpc_helper.jobs.logs import STDOUT, JobLog
+from grpc_helper.jobs.logs import STDERR, STDOUT, JobLog
 from grpc_helper.jobs.process import read_boot_id
 from grpc_helper.jobs.records import Records
 from grpc_helper.jobs.recovery import recover
@@ -43,6 +43,27 @@ PAGE_BYTES = 3 << 20  # a List page ends before this many bytes (gRPC's default 
 PURGE_INTERVAL = 600.0
 _END_MARGIN = 15.0  # after SIGKILL: the pump's drain timeout and the record's write
 _EXHAUSTED = (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE)
+
+
+_CHUNK_HEADERS = {
+    # LogChunk's stream (field 1, varint) then data's tag (field 2, length-delimited); the length follows.
+    STDOUT: bytes([0x08, jobs_pb2.STDOUT, 0x12]),
+    STDERR: bytes([0x08, jobs_pb2.STDERR, 0x12]),
+}
+
+
+def encoded_chunk(stream: int, data: bytes) -> bytes:
+    """``LogChunk(stream=..., data=data).SerializeToString()`` in one copy of ``data`` (no message object: log
+    chunks are up to 1 MiB, and the asyncio server sends replies given as bytes as they are)."""
+    size = len(data)
+    if not size:  # proto3 leaves empty fields out
+        return _CHUNK_HEADERS[stream][:2]
+    length = bytearray()
+    while size > 0x7F:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    length.append(size)
+    return b"".join((_CHUNK_HEADERS[stream], length, data))
 
 
 class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
@@ -353,7 +374,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
             answer.jobs.append(status)
         return answer
 
-    async def Logs(self, request: jobs_pb2.LogsRequest, context: Any) -> AsyncIterator[jobs_pb2.LogChunk]:
+    async def Logs(self, request: jobs_pb2.LogsRequest, context: Any) -> AsyncIterator[Any]:  # LogChunks, encoded
         _, rec = await self._find(request.job_id)
         live = self._live.get(rec.job_id)
         log = live.log if live is not None and live.log is not None else JobLog.open(self.logs_dir, rec.job_id)
@@ -367,7 +388,7 @@ class JobsManager(jobs_pb2_grpc.JobsServicer, AsyncRpcManager):
         self._readers += 1
         try:
             async for stream, data in log.follow(request.follow, closing, chunk_size):
-                yield jobs_pb2.LogChunk(stream=jobs_pb2.STDOUT if stream == STDOUT else jobs_pb2.STDERR, data=data)
+                yield encoded_chunk(stream, data)
             if request.follow and self._closing and not log.closed:
                 # A follower must not mistake the end of this stream for the end of the job.
                 raise RpcException("the server is shutting down: the job's output was cut", ResultCode.ERROR_STREAM_SHUTDOWN)

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from grpc_helper.jobs import ids, logs
+from grpc_helper.jobs.api import jobs_pb2
 from grpc_helper.jobs.logs import STDERR, STDOUT, JobLog
+from grpc_helper.jobs.manager import encoded_chunk
 from grpc_helper.jobs.process import JobProcess, LaunchSpec, StartError
 from grpc_helper.jobs.sandbox import NO_ISOLATION
 from grpc_helper.jobs.store import JobRecord, JobStore, LimitsSpec, State, StopReason
@@ -100,6 +102,15 @@ def test_batched_writes_hold_the_wake_up_until_released(tmp_path: Path, monkeypa
         return bytes(got)
 
     assert sorted(asyncio.run(scenario())) == sorted(b"abc")
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, (1 << 20) + 5])
+def test_encoded_log_chunks_are_the_messages_bytes(size: int):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for stream, proto_stream in ((STDOUT, jobs_pb2.STDOUT), (STDERR, jobs_pb2.STDERR)):
+        encoded = encoded_chunk(stream, data)
+        assert encoded == jobs_pb2.LogChunk(stream=proto_stream, data=data).SerializeToString()
+        assert jobs_pb2.LogChunk.FromString(encoded) == jobs_pb2.LogChunk(stream=proto_stream, data=data)
 
 
 def test_store_round_trip(tmp_path: Path):
