@@ -74,7 +74,7 @@ def _distribution(module: str) -> str:
 
 #: Extras that enable an optional feature, and the modules allowed to import them (only those, so that the rest
 #: of the package imports without the extra installed: see tools/check_floors.sh).
-OPTIONAL = {"redis": {"grpc_helper/grid/_redis.py"}}
+OPTIONAL = {"redis": {"grpc_helper/grid/_redis.py", "grpc_helper/grid/_redis_consumer.py"}}
 
 
 def _distribution_or_none(module: str) -> str | None:

@@ -1,4 +1,5 @@
-"""The Lua scripts of the ``redis`` backend: each step that must not be seen half done by another server.
+"""How a grid lives in Redis: key names, packed results, and the Lua scripts (each step that must not be seen
+half done by another server).
 
 Keys (``P`` is the backend's prefix; one Redis database may hold several grids under different prefixes):
 
@@ -18,7 +19,67 @@ The scripts build key names from the prefix (a standalone Redis, not a cluster).
 
 from __future__ import annotations
 
+import struct
+
+from grpc_helper.grid.model import JobRecord, JobState, Key
+
 GROUP = "workers"
+DEFAULT_PREFIX = "grpc-helper:grid:"
+_RESULT = struct.Struct("!BiII")  # state, rc, attempts, error length
+
+
+class Layout:
+    """Key names of one grid (one prefix) in a Redis database."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+        self.ids = prefix + "ids"
+        self.queues = prefix + "queues"
+        self.servers = prefix + "servers"
+        self._queues: dict[Key, str] = {}
+        self._keys: dict[str, Key] = {}
+
+    def queue(self, key: Key) -> str:
+        """The stream of the jobs of (service_id, service_version)."""
+        name = self._queues.get(key)
+        if name is None:
+            name = self._queues[key] = f"{self.prefix}q:{key[0]}\x1f{key[1]}"
+            self._keys[name] = key
+        return name
+
+    def key(self, queue: str) -> Key:
+        """(service_id, service_version) of a queue stream."""
+        key = self._keys.get(queue)
+        if key is None:
+            service, _, version = queue[len(self.prefix) + 2 :].partition("\x1f")
+            key = self._keys[queue] = (service, version)
+        return key
+
+    def session(self, kind: str, session: str) -> str:
+        """A session's hash: ``s`` (owner, home), ``sj`` (held jobs), ``r`` (results), ``jc`` (counts)."""
+        return f"{self.prefix}{kind}:{session}"
+
+    def inbox(self, server: str) -> str:
+        return f"{self.prefix}in:{server}"
+
+
+def pack_result(job: JobRecord) -> bytes:
+    error = job.error.encode()
+    return _RESULT.pack(int(job.state), job.rc, job.attempts, len(error)) + error + job.data
+
+
+def unpack_result(job: JobRecord, packed: bytes) -> JobRecord:
+    """Set the job's outcome from a packed result."""
+    state, rc, attempts, length = _RESULT.unpack_from(packed)
+    start = _RESULT.size
+    job.state = JobState(state)
+    job.rc = rc
+    job.attempts = attempts
+    job.error = packed[start : start + length].decode(errors="replace")
+    job.data = packed[start + length :]
+    job.payload = None
+    job.size = len(job.data)
+    return job
 #: The scripts, by name.
 SCRIPTS = ("ACCEPT", "COMPLETE", "END", "ADOPT", "HAND_BACK")
 
