@@ -8,7 +8,10 @@ and 10 ms jobs on Dask distributed (2 worker processes) and Celery (2 prefork wo
 
 The grid runs on its default backend (sqlite, durable; a fresh state directory per run). The backend row runs
 the same tiny jobs on the sqlite and the memory backend, alternately (``--rounds`` each, best kept): the ratio
-is what durability costs (goal >= 0.7).
+is what durability costs (goal >= 0.7). The redis row (Redis on 127.0.0.1:6379, started if absent, database
+14 with a key prefix of its own, deleted afterwards) runs them on one grid server with 2 workers and on two
+grid servers sharing the Redis queue with 2 workers each and one client per server, alternately: jobs/s and
+the ratio of two servers to one. With ``--peers`` Celery runs on the same Redis.
 
     .venv/bin/python bench/grid_throughput.py [--tiny 20000] [--slow 400] [--prefetch N] [--rounds 2] [--peers]
 """
@@ -37,43 +40,63 @@ PEER_PACKAGES = ["dask[distributed]", "celery[redis]"]
 
 
 @contextmanager
-def grid(workers: int, handler: str, prefetch: int | None, backend: str = "sqlite") -> Iterator[str]:
+def grid(
+    workers: int, handler: str, prefetch: int | None, backend: str = "sqlite", servers: int = 1
+) -> Iterator[list[str]]:
+    """Grid servers (sharing ``backend`` when it is a redis URL) and ``workers`` spread over them: their endpoints."""
     py = sys.executable
-    state = tempfile.TemporaryDirectory(prefix="grid-bench-")
-    server = subprocess.Popen(
-        [py, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", "0", "--backend", backend,
-         "--state-dir", state.name],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+    states = [tempfile.TemporaryDirectory(prefix="grid-bench-") for _ in range(servers)]
+    hosts = [
+        subprocess.Popen(
+            [py, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", "0", "--backend", backend,
+             "--state-dir", state.name],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        for state in states
+    ]
     procs: list[subprocess.Popen[str]] = []
     try:
-        assert server.stdout is not None
-        endpoint = server.stdout.readline().split()[3]  # "grid serving on HOST:PORT (plaintext)"
+        endpoints = []
+        for host in hosts:
+            assert host.stdout is not None
+            endpoints.append(host.stdout.readline().split()[3])  # "grid serving on HOST:PORT (plaintext)"
         extra = [] if prefetch is None else ["--prefetch", str(prefetch)]
         for i in range(workers):
             procs.append(subprocess.Popen(
-                [py, "-m", "grpc_helper.grid", "worker", "--insecure", "--endpoint", endpoint, "--service", "bench",
-                 "--version", "1", "--description", f"bench-{i}", *extra, handler],
+                [py, "-m", "grpc_helper.grid", "worker", "--insecure", "--endpoint", endpoints[i % servers],
+                 "--service", "bench", "--version", "1", "--description", f"bench-{i}", *extra, handler],
                 stderr=subprocess.DEVNULL,
             ))
-        yield endpoint
+        yield endpoints
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(10)
-        server.terminate()
-        server.wait(10)
-        state.cleanup()
+        for host in hosts:
+            host.terminate()
+        for host in hosts:
+            host.wait(10)
+        for state in states:
+            state.cleanup()
 
 
-def run_grid(endpoint: str, payloads: list[bytes]) -> float:
-    with GridClient(endpoint, timeout=30) as client:
-        list(client.map("bench", "1", payloads[:200], timeout=60))  # warm-up: workers registered, streams open
-        start = time.perf_counter()
-        results = list(client.map("bench", "1", payloads, timeout=600))
-        elapsed = time.perf_counter() - start
-    assert results == payloads
+def run_grid(endpoints: list[str], payloads: list[bytes]) -> float:
+    """One client per endpoint (threads), each mapping its share of the payloads: total jobs/s."""
+    clients = [GridClient(endpoint, timeout=30) for endpoint in endpoints]
+    shares = [payloads[i :: len(clients)] for i in range(len(clients))]
+    try:
+        for client in clients:
+            list(client.map("bench", "1", payloads[:200], timeout=60))  # warm-up: workers registered, streams open
+        with concurrent.futures.ThreadPoolExecutor(len(clients)) as threads:
+            start = time.perf_counter()
+            results = list(threads.map(lambda cs: list(cs[0].map("bench", "1", cs[1], timeout=600)),
+                                       zip(clients, shares, strict=True)))
+            elapsed = time.perf_counter() - start
+    finally:
+        for client in clients:
+            client.close()
+    assert results == shares
     return len(payloads) / elapsed
 
 
@@ -91,8 +114,8 @@ def run_pool(fn: Callable[[bytes], bytes], payloads: list[bytes]) -> float:
 def measure(name: str, handler: str, fn: Callable[[bytes], bytes], count: int, prefetch: int | None, goal: float) -> float:
     payloads = [os.urandom(16).hex().encode() for _ in range(count)]
     pool_rate = run_pool(fn, payloads)
-    with grid(2, handler, prefetch) as endpoint:
-        grid_rate = run_grid(endpoint, payloads)
+    with grid(2, handler, prefetch) as endpoints:
+        grid_rate = run_grid(endpoints, payloads)
     ratio = grid_rate / pool_rate
     setting = "default prefetch" if prefetch is None else f"prefetch {prefetch}"
     print(f"{name:<12} jobs={count:<6} grid={grid_rate:9.0f} jobs/s  pool={pool_rate:9.0f} jobs/s  "
@@ -106,11 +129,37 @@ def measure_backends(count: int, rounds: int) -> float:
     best = {"sqlite": 0.0, "memory": 0.0}
     for _ in range(rounds):
         for backend in best:
-            with grid(2, "grpc_helper.grid.handlers:echo", None, backend) as endpoint:
-                best[backend] = max(best[backend], run_grid(endpoint, payloads))
+            with grid(2, "grpc_helper.grid.handlers:echo", None, backend) as endpoints:
+                best[backend] = max(best[backend], run_grid(endpoints, payloads))
     ratio = best["sqlite"] / best["memory"]
     print(f"{'backends':<12} jobs={count:<6} sqlite={best['sqlite']:9.0f} jobs/s  memory={best['memory']:9.0f} jobs/s  "
           f"ratio={ratio:.2f} (goal >= 0.7; tiny echo jobs, default prefetch, best of {rounds})", flush=True)
+    return ratio
+
+
+def measure_redis(count: int, rounds: int) -> float:
+    """Tiny jobs on the redis backend: one server and 2 workers vs two servers and 4 workers, alternately."""
+    import redis as redis_py
+
+    payloads = [os.urandom(16).hex().encode() for _ in range(count)]
+    prefix = f"grid-bench-{os.getpid()}:"
+    url = f"redis://127.0.0.1:6379/14?prefix={prefix}"
+    best = {1: 0.0, 2: 0.0}
+    try:
+        for _ in range(rounds):
+            for servers in best:
+                with grid(2 * servers, "grpc_helper.grid.handlers:echo", None, url, servers) as endpoints:
+                    best[servers] = max(best[servers], run_grid(endpoints, payloads))
+    finally:
+        client = redis_py.Redis(db=14)
+        keys = list(client.scan_iter(f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    ratio = best[2] / best[1]
+    print(f"{'redis':<12} jobs={count:<6} 1 server={best[1]:9.0f} jobs/s  2 servers={best[2]:9.0f} jobs/s  "
+          f"ratio={ratio:.2f} (tiny echo jobs, 2 workers per server, one client per server, default prefetch, "
+          f"best of {rounds})", flush=True)
     return ratio
 
 
@@ -174,7 +223,9 @@ def main() -> int:
     if args.prefetch is not None:
         measure("tiny (echo)", "grpc_helper.grid.handlers:echo", echo, args.tiny, args.prefetch, 5)
     durable = measure_backends(args.tiny, args.rounds)
-    print(f"grid tiny={tiny:.2f} slow={slow:.2f} sqlite/memory={durable:.2f}", flush=True)
+    with redis():
+        shared = measure_redis(args.tiny, args.rounds)
+    print(f"grid tiny={tiny:.2f} slow={slow:.2f} sqlite/memory={durable:.2f} redis 2/1 servers={shared:.2f}", flush=True)
     if args.peers:
         python = peer_python()
         with redis():

@@ -102,6 +102,7 @@ class RedisBackend(GroupCommit[list[_Op]]):
             self.layout,
             self.server,
             feed,
+            take=self._scripts["TAKE"],
             store_failure=self.updated,
             hand_back=self._hand_back,
             ttl=lambda: self._ttl,
@@ -193,6 +194,7 @@ class RedisBackend(GroupCommit[list[_Op]]):
         scripts = self._scripts
         refused: list[JobRecord] = []
         accepts: list[tuple[int, _Op]] = []
+        completions: list[Any] = []
         for op in pile:
             kind = op[0]
             if kind == "accept":
@@ -204,7 +206,7 @@ class RedisBackend(GroupCommit[list[_Op]]):
                 scripts["ACCEPT"](args=args, client=pipe)
             elif kind == "complete":
                 _, session, job_id, packed, entry, queue = op
-                scripts["COMPLETE"](args=[prefix, session, job_id, packed, me, ttl, entry, queue], client=pipe)
+                completions += (session, job_id, packed, entry, queue)
             elif kind == "counts":
                 _, session, job_id, counts = op
                 pipe.hset(layout.session("jc", session), str(job_id), counts)
@@ -219,6 +221,8 @@ class RedisBackend(GroupCommit[list[_Op]]):
                 scripts["HAND_BACK"](args=[prefix, op[1], op[2]], client=pipe)
             elif kind == "poke":
                 pipe.xadd(self._inbox, {"poke": "1"}, maxlen=1000, approximate=True)
+        for i in range(0, len(completions), 5 * 1000):  # a script runs alone: keep each one short
+            scripts["COMPLETE"](args=[prefix, me, ttl, *completions[i : i + 5 * 1000]], client=pipe)
         results = pipe.execute()
         for index, op in accepts:
             if results[index] == 0:  # the session id belongs to another identity on another server

@@ -45,6 +45,7 @@ class Consumer:
         server: str,
         feed: Feed,
         *,
+        take: Any,
         store_failure: Callable[[JobRecord], None],
         hand_back: Callable[[list[Entry]], None],
         ttl: Callable[[], int],
@@ -56,6 +57,7 @@ class Consumer:
         self.inbox = layout.inbox(server)
         self._feed = feed
         self._limits = feed.limits
+        self._take = take  # the TAKE script
         self._store_failure = store_failure
         self._hand_back = hand_back
         self._ttl = ttl
@@ -132,9 +134,13 @@ class Consumer:
             pipe = r.pipeline(transaction=False)
             pipe.xreadgroup(GROUP, self.server, {self.inbox: ">"}, count=1000)
             for queue, count in wanted.items():
-                pipe.xreadgroup(GROUP, self.server, {queue: ">"}, count=min(count, 10_000))
-            replies = [reply for group in pipe.execute() for reply in (group or [])]
-        got = False
+                self._take(args=[self.layout.prefix, self.server, queue, min(count, 10_000)], client=pipe)
+            inbox, *taken = pipe.execute()
+            replies = inbox or []
+            for queue, flat in zip(wanted, taken, strict=True):
+                if flat:
+                    self._taken(queue, flat)
+        got = any(taken) if not block else False
         for stream, entries in replies or []:
             if not entries:
                 continue
@@ -155,6 +161,31 @@ class Consumer:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._groups_made.add(stream)
+
+    def _taken(self, queue: str, flat: list[bytes]) -> None:
+        """Jobs the TAKE script took from ``queue`` for this server (6 values each)."""
+        key = self.layout.key(queue)
+        jobs = []
+        held = {}
+        for i in range(0, len(flat), 6):
+            eid, job_id, session, owner, payload, counts = flat[i : i + 6]
+            job = JobRecord(int(job_id), session.decode(), owner.decode(), key, payload, len(payload))
+            if counts:
+                attempts, failures, losses, suspect = (int(x) for x in counts.split())
+                job.attempts, job.failures, job.losses, job.suspect = attempts, failures, losses, bool(suspect)
+            held[job.id] = (queue, eid.decode())
+            jobs.append(job)
+        with self._lock:
+            self._held.update(held)
+        self._to_scheduler(jobs)
+
+    def _to_scheduler(self, jobs: list[JobRecord]) -> None:
+        self.pulled += len(jobs)
+        refused = set(self._feed.leased(jobs)) if jobs else set()
+        if refused:
+            with self._lock:
+                back = [entry for job_id in refused if (entry := self._held.pop(job_id, None)) is not None]
+            self._hand_back(back)
 
     def _leased(self, queue: str, replies: Any, reclaimed: dict[str, int]) -> None:
         """Jobs taken from ``queue``: those still wanted go to the scheduler, the others are removed."""
@@ -200,12 +231,7 @@ class Consumer:
         if gone:
             self._redis.xack(queue, GROUP, *gone)
             self._redis.xdel(queue, *gone)
-        self.pulled += len(jobs)
-        refused = set(self._feed.leased(jobs)) if jobs else set()
-        if refused:
-            with self._lock:
-                back = [entry for job_id in refused if (entry := self._held.pop(job_id, None)) is not None]
-            self._hand_back(back)
+        self._to_scheduler(jobs)
 
     def _notices(self, entries: Any) -> None:
         """Results other servers stored for this server's sessions."""

@@ -81,7 +81,7 @@ def unpack_result(job: JobRecord, packed: bytes) -> JobRecord:
     job.size = len(job.data)
     return job
 #: The scripts, by name.
-SCRIPTS = ("ACCEPT", "COMPLETE", "END", "ADOPT", "HAND_BACK")
+SCRIPTS = ("ACCEPT", "COMPLETE", "TAKE", "END", "ADOPT", "HAND_BACK")
 
 _SPLIT = """
 local function split(m)
@@ -108,32 +108,71 @@ redis.call('EXPIRE', sj, ttl)
 return 1
 """
 
-#: ARGV: prefix, session, id, packed result, this server, ttl, entry id held here, its queue ('' if none).
-#: The first outcome stands: 1 if stored, 0 if the job was completed, cancelled or released before.
+#: ARGV: prefix, this server, ttl, then per job: session, id, packed result, entry id held here, its queue ('' if
+#: none). The first outcome stands: returns how many were stored (the others were completed, cancelled or released
+#: before).
 COMPLETE = (
     _SPLIT
     + """
-local P, sess, id, me = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
-local sj, r = P .. 'sj:' .. sess, P .. 'r:' .. sess
-if ARGV[8] ~= '' then
-  redis.call('XACK', ARGV[8], 'workers', ARGV[7])
-  redis.call('XDEL', ARGV[8], ARGV[7])
+local P, me, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local stored = 0
+for i = 4, #ARGV, 5 do
+  local sess, id, packed, held, hq = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local sj, r = P .. 'sj:' .. sess, P .. 'r:' .. sess
+  if hq ~= '' then
+    redis.call('XACK', hq, 'workers', held)
+    redis.call('XDEL', hq, held)
+  end
+  local m = redis.call('HGET', sj, id)
+  if m then
+    local eid, q = split(m)
+    if eid ~= held then
+      redis.call('XACK', q, 'workers', eid)
+      redis.call('XDEL', q, eid)
+    end
+    if redis.call('HSETNX', r, id, packed) == 1 then
+      stored = stored + 1
+      redis.call('EXPIRE', r, ttl)
+      redis.call('HDEL', P .. 'jc:' .. sess, id)
+      local home = redis.call('HGET', P .. 's:' .. sess, 'home')
+      if home and home ~= me then
+        redis.call('XADD', P .. 'in:' .. home, 'MAXLEN', '~', '1000000', '*', 'id', id, 's', sess)
+      end
+    end
+  end
 end
-local m = redis.call('HGET', sj, id)
-if not m then return 0 end
-local eid, q = split(m)
-redis.call('XACK', q, 'workers', eid)
-redis.call('XDEL', q, eid)
-if redis.call('HSETNX', r, id, ARGV[4]) == 0 then return 0 end
-redis.call('EXPIRE', r, tonumber(ARGV[6]))
-redis.call('HDEL', P .. 'jc:' .. sess, id)
-local home = redis.call('HGET', P .. 's:' .. sess, 'home')
-if home and home ~= me then
-  redis.call('XADD', P .. 'in:' .. home, 'MAXLEN', '~', '1000000', '*', 'id', id, 's', sess)
-end
-return 1
+return stored
 """
 )
+
+#: ARGV: prefix, this server, queue, count. Takes up to ``count`` new entries of the queue for this server and
+#: returns those still held by their session and not completed, 6 values each: entry id, job id, session, owner,
+#: payload, counts ('' or "attempts failures losses suspect"); the others are removed from the queue.
+TAKE = """
+local P, me, q = ARGV[1], ARGV[2], ARGV[3]
+local reply = redis.call('XREADGROUP', 'GROUP', 'workers', me, 'COUNT', ARGV[4], 'STREAMS', q, '>')
+if not reply then return {} end
+local out = {}
+for _, e in ipairs(reply[1][2]) do
+  local eid, f = e[1], e[2]
+  local id, sess, owner, payload = nil, nil, '', ''
+  for i = 1, #f, 2 do
+    local k = f[i]
+    if k == 'id' then id = f[i + 1] elseif k == 's' then sess = f[i + 1]
+    elseif k == 'o' then owner = f[i + 1] elseif k == 'p' then payload = f[i + 1] end
+  end
+  if id and sess and redis.call('HEXISTS', P .. 'sj:' .. sess, id) == 1
+      and redis.call('HEXISTS', P .. 'r:' .. sess, id) == 0 then
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = eid, id, sess, owner, payload
+    out[n + 6] = redis.call('HGET', P .. 'jc:' .. sess, id) or ''
+  else
+    redis.call('XACK', q, 'workers', eid)
+    redis.call('XDEL', q, eid)
+  end
+end
+return out
+"""
 
 #: ARGV: prefix, session, this server. Ends a session whose home is this server: its queued jobs are removed.
 END = (
