@@ -1,11 +1,12 @@
-"""``HOST:PORT`` parsing for every CLI: host names, IPv4, and IPv6 literals in brackets (``[::1]:50051``)."""
+"""``HOST:PORT`` parsing for every CLI: host names, IPv4, and IPv6 literals in brackets (``[::1]:50051``), and
+lists of endpoints (``A:1,B:2``, or the option repeated)."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 DEFAULT_HOST = "127.0.0.1"
@@ -67,6 +68,28 @@ def _parse(text: str, default_host: str, default_port: int) -> Endpoint:
         return Endpoint(_host(text, text, ipv6=True), default_port)
     host, sep, port = text.partition(":")
     return Endpoint(_host(host, text, ipv6=False) if host else default_host, _port(port, text) if sep else default_port)
+
+
+def parse_endpoints(
+    texts: str | Iterable[str], default_host: str = DEFAULT_HOST, default_port: int = DEFAULT_PORT, *,
+    require_port: bool = False,
+) -> list[Endpoint]:
+    """Several endpoints, in order: a string with comma-separated endpoints, or strings that may each hold
+    several (``["a:1,b:2", "c:3"]``). Duplicates are kept once (first place); an empty list is an error.
+
+    Raises ``ValueError`` with a message naming the bad endpoint.
+    """
+    found: list[Endpoint] = []
+    for text in [texts] if isinstance(texts, str) else texts:
+        if not isinstance(text, str):
+            raise TypeError(f"endpoints are strings, got {type(text).__name__}")
+        for part in text.split(","):
+            endpoint = parse_endpoint(part, default_host, default_port, require_port=require_port)
+            if endpoint not in found:
+                found.append(endpoint)
+    if not found:
+        raise ValueError("no endpoint given: expected HOST:PORT[,HOST:PORT...]")
+    return found
 
 
 def endpoint_type(default_host: str = DEFAULT_HOST, default_port: int = DEFAULT_PORT) -> Callable[[str], Endpoint]:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, cast
 
 import grpc
 
 from grpc_helper import AsyncRpcClient, ResultCode, RpcException
-from grpc_helper.grid._session import API_VERSION, RECONNECTABLE, Backoff, Outage, SessionCore, unreachable
+from grpc_helper.grid._failover import AsyncClients
+from grpc_helper.grid._session import API_VERSION, RECONNECTABLE, Backoff, Endpoints, Outage, SessionCore, unreachable
 from grpc_helper.grid.api import grid_pb2 as pb
 from grpc_helper.grid.api import grid_pb2_grpc as pb_grpc
 from grpc_helper.grid.config import CHANNEL_OPTIONS
-from grpc_helper.grid.endpoint import split_endpoint
 
 _log = logging.getLogger("grpc_helper.grid.client")
 
@@ -44,7 +44,8 @@ class AsyncJobHandle:
 
 
 class AsyncGridClient:
-    """asyncio grid client: the same session core, parameters and guarantees as ``GridClient``.
+    """asyncio grid client: the same session core, parameters and guarantees as ``GridClient`` (several
+    endpoints included: the same failover, and a submit whose answer was lost raises, not re-sent).
 
     Create and use it inside the running event loop (the channel is opened on first use).
 
@@ -56,7 +57,7 @@ class AsyncGridClient:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = 60.0,
@@ -64,19 +65,24 @@ class AsyncGridClient:
         session: str | None = None,
         max_batch: int = 1000,
     ) -> None:
-        host, port = split_endpoint(endpoint)
+        self._endpoints = Endpoints(endpoint)
         self._core = SessionCore(session, max_batch)
         self._timeout = timeout
-        self._rpc = AsyncRpcClient(
-            host,
-            port,
-            {"grid": (pb_grpc.GridClientServiceStub, API_VERSION)},
-            timeout=timeout,
-            name=name,
-            credentials=credentials,
-            options=CHANNEL_OPTIONS,
-        )
-        self._grid: Any = cast(Any, self._rpc).grid  # the service's methods (dynamic attributes)
+
+        def make(host: str, port: int, budget: float) -> AsyncRpcClient:
+            return AsyncRpcClient(
+                host,
+                port,
+                {"grid": (pb_grpc.GridClientServiceStub, API_VERSION)},
+                timeout=budget,
+                name=name,
+                credentials=credentials,
+                options=CHANNEL_OPTIONS,
+            )
+
+        self._rpc = AsyncClients(self._endpoints, make, timeout)
+        self._stream: Any = None  # the results stream open now (cancelled when a call moves to another endpoint)
+        self._endpoints.on_move(self._moved)
         self._reader: asyncio.Task[None] | None = None
         self._submitted: asyncio.Event | None = None
         self._closed = False
@@ -84,6 +90,11 @@ class AsyncGridClient:
     @property
     def session(self) -> str:
         return self._core.session
+
+    @property
+    def endpoint(self) -> str:
+        """The grid server in use, ``host:port``."""
+        return self._endpoints.target
 
     def _ensure_reader(self) -> asyncio.Event:
         if self._closed:
@@ -107,7 +118,7 @@ class AsyncGridClient:
             ids: list[int] = []
             futures: list[asyncio.Future[bytes]] = []
             try:
-                ids = list((await self._grid.submit(request, timeout=self._timeout)).job_ids)
+                ids = list((await self._rpc.call("grid", "submit", request, once=True)).job_ids)
                 futures = [loop.create_future() for _ in ids]
             finally:
                 self._core.submitted(ids, futures)  # type: ignore[arg-type]
@@ -139,28 +150,32 @@ class AsyncGridClient:
                 yield pending.pop(future)
 
     async def get_result(self, job_id: int) -> pb.JobResult:
-        result: pb.JobResult = await self._grid.get_result(
-            pb.JobRef(job_id=job_id, session=self.session), timeout=self._timeout
-        )
+        result: pb.JobResult = await self._rpc.call("grid", "get_result", pb.JobRef(job_id=job_id, session=self.session))
         self._core.resolve(result)
         return result
 
     async def cancel(self, job: AsyncJobHandle | int) -> bool:
         job_id = job.job_id if isinstance(job, AsyncJobHandle) else job
-        result: pb.JobResult = await self._grid.cancel(
-            pb.JobRef(job_id=job_id, session=self.session), timeout=self._timeout
-        )
+        result: pb.JobResult = await self._rpc.call("grid", "cancel", pb.JobRef(job_id=job_id, session=self.session))
         self._core.resolve(result)
         return bool(result.state == pb.JOB_CANCELLED)
+
+    def _moved(self) -> None:
+        """A call moved to another endpoint: the results stream follows it."""
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
 
     async def _read(self, submitted: asyncio.Event) -> None:
         backoff = Backoff()
         outage = Outage(self._timeout)
         core = self._core
         while not self._closed:
+            generation, index = self._endpoints.current()
             try:
                 request = pb.ResultsRequest(session=self.session, waiting=core.waiting())
-                async for batch in self._grid.results(request, timeout=None):
+                self._stream = stream = cast(Any, self._rpc.client(index)).grid.results(request, timeout=None)
+                async for batch in stream:
                     outage.ok()
                     backoff.reset()
                     ids = core.receive(batch.results)
@@ -169,13 +184,17 @@ class AsyncGridClient:
                 error = RpcException("the grid server ended the results stream", ResultCode.ERROR_STREAM_SHUTDOWN)
             except RpcException as exc:
                 error = exc
+            finally:
+                self._stream = None
             if self._closed:
                 return
-            _log.info("results stream of session %s broke: %s", self.session, error)
+            _log.info("results stream of session %s on %s broke: %s", self.session, self._endpoints.targets[index], error)
             if error.rc not in RECONNECTABLE:
                 core.fail_all(error)
             elif outage.exceeded():
-                core.fail_all(unreachable(self._rpc.target, self._timeout, error))
+                core.fail_all(unreachable(str(self._endpoints), self._timeout, error))
+            if error.rc in RECONNECTABLE:
+                self._endpoints.failed(generation)  # several endpoints: go on with the next one
             submitted.clear()
             if not core.pending():
                 await submitted.wait()
@@ -185,7 +204,7 @@ class AsyncGridClient:
 
     async def _ack(self, ids: list[int]) -> None:
         try:
-            await self._grid.ack(pb.AckRequest(session=self.session, job_ids=ids), timeout=self._timeout)
+            await self._rpc.call("grid", "ack", pb.AckRequest(session=self.session, job_ids=ids))
         except RpcException as exc:
             _log.debug("ack: %s", exc)
 
@@ -198,7 +217,9 @@ class AsyncGridClient:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
             try:
-                await self._grid.close_session(pb.SessionRef(session=self.session), timeout=min(self._timeout, 2.0))
+                await self._rpc.call(
+                    "grid", "close_session", pb.SessionRef(session=self.session), timeout=min(self._timeout, 2.0)
+                )
             except RpcException as exc:
                 _log.debug("close_session: %s", exc)
         await self._rpc.close()

@@ -1,7 +1,8 @@
 """``python -m grpc_helper.grid``: serve, worker, status, stop-worker, start-worker, shutdown, submit.
 
 Every command speaks mTLS with the material of ``--tls-dir`` (see ``python -m grpc_helper.certs``) unless
-``--insecure`` asks for plaintext.
+``--insecure`` asks for plaintext. ``--endpoint`` may name several servers of one grid (repeated, or
+comma-separated): the commands use the first reachable one and fail over to the next.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import logging
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import grpc
 
 from grpc_helper import Access, AsyncRpcServer, RpcException
 from grpc_helper import certs as tls
 from grpc_helper._cli import tls as cli_tls
-from grpc_helper._cli.endpoint import parse_endpoint
+from grpc_helper._cli.endpoint import parse_endpoints
 from grpc_helper._cli.exits import CliError, ExitCode, run
 from grpc_helper._cli.parser import new_parser
 from grpc_helper.grid.backends import Backend, BackendUnavailable, SqliteBackend, StateDirBusy, default_state_dir, open_backend
@@ -50,12 +51,29 @@ def _spawned_tls_options(args: argparse.Namespace, credentials: grpc.ServerCrede
     return options
 
 
-def _endpoint(text: str) -> str:
-    """argparse ``type``: a ``HOST:PORT`` endpoint, by the shared parser (a bad one is a usage error)."""
+def _endpoints(text: str) -> list[str]:
+    """argparse ``type``: ``HOST:PORT[,HOST:PORT...]``, by the shared parser (a bad one is a usage error)."""
     try:
-        return str(parse_endpoint(text, require_port=True))
+        return [str(e) for e in parse_endpoints(text, require_port=True)]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_endpoint_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        type=_endpoints,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help=f"grid server ([IPV6]:PORT); several servers of one grid: repeat the option or separate with "
+        f"commas (used in order, failing over to the next; default {DEFAULT_ENDPOINT})",
+    )
+
+
+def endpoints_of(args: argparse.Namespace) -> list[str]:
+    """The ``--endpoint`` values, flattened in order, duplicates once (default: ``DEFAULT_ENDPOINT``)."""
+    given: Iterable[list[str]] = args.endpoint or [[DEFAULT_ENDPOINT]]
+    return list(dict.fromkeys(e for group in given for e in group))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--backend",
         default="sqlite",
+        metavar="sqlite|memory|redis://HOST:PORT/DB",
         help="where accepted jobs and undelivered results live: sqlite (durable, in --state-dir; default), "
         "memory (lost when the server exits), or redis://HOST:PORT/DB[?prefix=NAME] (one queue shared by the "
         "grid servers using the same Redis)",
@@ -102,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker (Ctrl+C: drain and exit 0; twice: exit at once)")
     worker.add_argument("handler", help="package.module:function taking and returning bytes")
-    worker.add_argument("--endpoint", default=DEFAULT_ENDPOINT, type=_endpoint, help="server HOST:PORT ([IPV6]:PORT)")
+    _add_endpoint_option(worker)
     worker.add_argument("--service", required=True, help="service id")
     worker.add_argument("--version", required=True, help="service version")
     worker.add_argument("--concurrency", type=int, default=1)
@@ -118,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         ("submit", "submit jobs and print their results"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, type=_endpoint, help="server HOST:PORT ([IPV6]:PORT)")
+        _add_endpoint_option(p)
         p.add_argument("--timeout", type=float, default=30.0, help="seconds (for submit: the whole command's)")
         cli_tls.add_client_tls_options(p, tls_default=True)
         if name == "status":
@@ -176,12 +195,13 @@ def _serve(args: argparse.Namespace) -> int:
         backend = open_backend(args.backend, args.state_dir)
     except StateDirBusy as exc:
         raise CliError(str(exc), ExitCode.CONFLICT) from None
-    except ValueError as exc:
-        raise CliError(str(exc), ExitCode.USAGE) from None
+    except ValueError as exc:  # not a backend name or URL this build knows
+        raise CliError(f"--backend: {exc}", ExitCode.USAGE) from None
     except BackendUnavailable as exc:
         raise CliError(str(exc), ExitCode.UNREACHABLE) from None
     except (OSError, sqlite3.Error) as exc:
-        raise CliError(f"cannot open the grid state in {args.state_dir}: {exc}", ExitCode.ERROR) from None
+        where = f"in {args.state_dir}" if args.backend == "sqlite" else f"of --backend {args.backend}"
+        raise CliError(f"cannot open the grid state {where}: {exc}", ExitCode.ERROR) from None
     try:
         return asyncio.run(_serve_async(args, limits, handlers, admins, credentials, client_credentials, backend))
     finally:
@@ -226,7 +246,7 @@ async def _serve_async(
 
 def _worker(args: argparse.Namespace) -> int:
     worker = GridWorker(
-        args.endpoint,
+        endpoints_of(args),
         args.service,
         args.version,
         load_handler(args.handler),
@@ -261,7 +281,7 @@ def _submit(args: argparse.Namespace) -> int:
     payloads = [d.encode() for d in args.data] or [line.rstrip("\n").encode() for line in sys.stdin]
     end = time.monotonic() + args.timeout
     failed = 0
-    with GridClient(args.endpoint, credentials=channel_credentials(args), timeout=args.timeout) as client:
+    with GridClient(endpoints_of(args), credentials=channel_credentials(args), timeout=args.timeout) as client:
         print(f"session {client.session}", flush=True)
         handles = client.submit_batch(args.service, args.version, payloads)
         for handle in handles:
@@ -306,7 +326,7 @@ def _command(args: argparse.Namespace) -> int:
             return _submit(args)
     except ValueError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from None
-    with GridController(args.endpoint, credentials=channel_credentials(args), timeout=args.timeout) as ctl:
+    with GridController(endpoints_of(args), credentials=channel_credentials(args), timeout=args.timeout) as ctl:
         if args.command == "status":
             status = ctl.status()
             if args.json:
@@ -320,5 +340,5 @@ def _command(args: argparse.Namespace) -> int:
             print(f"worker started: pid {started.pid}, handler {started.handler}")
         elif args.command == "shutdown":
             done = ctl.shutdown(args.delay)
-            print(f"shutting down in {done.delay:g}s ({done.jobs_pending} job(s) pending)")
+            print(f"{ctl.endpoint} shutting down in {done.delay:g}s ({done.jobs_pending} job(s) pending)")
     return ExitCode.OK

@@ -6,16 +6,19 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 
 from grpc_helper import ResultCode, RpcClient, RpcException
+from grpc_helper.grid._failover import SyncClients
 from grpc_helper.grid._session import (
     API_VERSION,
     RECONNECTABLE,
     Backoff,
+    Endpoints,
     JobError,
     Outage,
     SessionCore,
@@ -24,7 +27,6 @@ from grpc_helper.grid._session import (
 from grpc_helper.grid.api import grid_pb2 as pb
 from grpc_helper.grid.api import grid_pb2_grpc as pb_grpc
 from grpc_helper.grid.config import CHANNEL_OPTIONS
-from grpc_helper.grid.endpoint import split_endpoint
 
 __all__ = ["GridClient", "JobError", "JobHandle"]
 
@@ -60,15 +62,32 @@ class JobHandle:
 class GridClient:
     """Synchronous grid client: one session, whose results a background thread receives and acknowledges.
 
-    :param endpoint: ``"host:port"`` of the grid server.
+    :param endpoint: ``"host:port"`` of the grid server, or several grid servers of one grid to fail over
+        between: ``"a:50051,b:50051"`` or ``["a:50051", "b:50051"]`` (used in order, see below).
     :param credentials: ``grpc.ChannelCredentials`` for a TLS server.
-    :param timeout: deadline of each call, and how long the server may stay unreachable (calls retry, the
+    :param timeout: deadline of each call, and how long the servers may stay unreachable (calls retry, the
         results stream reopens with back-off) before calls fail and pending jobs fail with ``ERROR_RPC``.
     :param session: reuse a session id (default: a new random one).
     :param max_batch: most jobs per submit call (``map``/``submit_batch`` split bigger inputs).
 
     Results are acknowledged once received, so the server sends each at least once and each handle resolves
     once. ``close()`` (or leaving the ``with`` block) cancels the session's jobs not completed.
+
+    **Several endpoints.** Every call goes to one server, the first of the list at start. When it is
+    unreachable (a call's connection fails or breaks) or the results stream breaks, the client moves to the
+    next endpoint (round robin, with the stream's back-off) and carries on: it reopens the results stream
+    there with its session id and the ids of the jobs still waiting, so a server sharing the grid's backend
+    delivers their results, and one that does not know them reports each as failed with
+    ``ERROR_ITEM_UNKNOWN`` (resubmit). Calls keep going round the list until ``timeout`` has passed.
+    A **submit** is sent to another endpoint only when it provably never reached a server (its connection
+    could not be made). If the connection broke after the request left, the deadline passed, or the server
+    answered that its grid is shut down, its answer is lost: ``submit``/``submit_batch`` raise
+    ``RpcException`` (``ERROR_RPC``, "... not re-sent to another endpoint: its jobs may or may not have been
+    accepted"; ``ERROR_DEADLINE``; ``ERROR_STREAM_SHUTDOWN``) and the client does not re-send it, since a
+    server that stored the jobs would run them twice; later calls go to the next endpoint (not after a
+    deadline). Those jobs have no handle: if they run, their results are acknowledged and dropped. Submit
+    again if running a job twice is acceptable. With one endpoint, the core client's retry rules apply
+    unchanged (transport failures are re-sent to that server until ``timeout``).
 
     Example::
 
@@ -78,7 +97,7 @@ class GridClient:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = 60.0,
@@ -86,26 +105,37 @@ class GridClient:
         session: str | None = None,
         max_batch: int = 1000,
     ) -> None:
-        host, port = split_endpoint(endpoint)
+        self._endpoints = Endpoints(endpoint)
         self._core = SessionCore(session, max_batch)
         self._timeout = timeout
-        self._rpc = RpcClient(
-            host,
-            port,
-            {"grid": (pb_grpc.GridClientServiceStub, API_VERSION)},
-            timeout=timeout,
-            name=name,
-            credentials=credentials,
-            options=CHANNEL_OPTIONS,
-        )
+
+        def make(host: str, port: int, budget: float) -> RpcClient:
+            return RpcClient(
+                host,
+                port,
+                {"grid": (pb_grpc.GridClientServiceStub, API_VERSION)},
+                timeout=budget,
+                name=name,
+                credentials=credentials,
+                options=CHANNEL_OPTIONS,
+            )
+
+        self._rpc = SyncClients(self._endpoints, make, timeout)
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self._stream: Any = None  # the results stream open now (cancelled when a call moves to another endpoint)
         self._closing = threading.Event()
         self._submitted = threading.Event()
+        self._endpoints.on_move(self._moved)
 
     @property
     def session(self) -> str:
         return self._core.session
+
+    @property
+    def endpoint(self) -> str:
+        """The grid server in use, ``host:port``."""
+        return self._endpoints.target
 
     def submit(self, service_id: str, version: str | int, data: bytes) -> JobHandle:
         """Submit one job."""
@@ -113,7 +143,8 @@ class GridClient:
 
     def submit_batch(self, service_id: str, version: str | int, payloads: Iterable[bytes]) -> list[JobHandle]:
         """Submit jobs in as few calls as possible; raises ``RpcException(ERROR_RESOURCE_EXHAUSTED)`` past a
-        quota (jobs of earlier calls of the same batch stay submitted)."""
+        quota (jobs of earlier calls of the same batch stay submitted). With several endpoints, a call whose
+        answer was lost raises and is not re-sent (see the class)."""
         self._ensure_reader()
         handles: list[JobHandle] = []
         for request in self._core.requests(service_id, version, payloads):
@@ -121,7 +152,7 @@ class GridClient:
             ids: list[int] = []
             futures: list[concurrent.futures.Future[bytes]] = []
             try:
-                ids = list(self._rpc.grid.submit(request, timeout=self._timeout).job_ids)
+                ids = list(self._rpc.call("grid", "submit", request, once=True).job_ids)
                 futures = [concurrent.futures.Future() for _ in ids]
             finally:
                 self._core.submitted(ids, futures)  # type: ignore[arg-type]
@@ -163,16 +194,14 @@ class GridClient:
 
     def get_result(self, job_id: int) -> pb.JobResult:
         """Fetch a job's state/result by id (a completed result also resolves its handle)."""
-        result: pb.JobResult = self._rpc.grid.get_result(
-            pb.JobRef(job_id=job_id, session=self.session), timeout=self._timeout
-        )
+        result: pb.JobResult = self._rpc.call("grid", "get_result", pb.JobRef(job_id=job_id, session=self.session))
         self._core.resolve(result)
         return result
 
     def cancel(self, job: JobHandle | int) -> bool:
         """Cancel a job; True if it is cancelled (False: it already completed)."""
         job_id = job.job_id if isinstance(job, JobHandle) else job
-        result: pb.JobResult = self._rpc.grid.cancel(pb.JobRef(job_id=job_id, session=self.session), timeout=self._timeout)
+        result: pb.JobResult = self._rpc.call("grid", "cancel", pb.JobRef(job_id=job_id, session=self.session))
         self._core.resolve(result)
         return bool(result.state == pb.JOB_CANCELLED)
 
@@ -187,7 +216,7 @@ class GridClient:
             reader = self._reader
         if reader is not None:
             try:
-                self._rpc.grid.close_session(pb.SessionRef(session=self.session), timeout=min(self._timeout, 2.0))
+                self._rpc.call("grid", "close_session", pb.SessionRef(session=self.session), timeout=min(self._timeout, 2.0))
             except RpcException as exc:
                 _log.debug("close_session: %s", exc)
         self._rpc.close()
@@ -203,15 +232,29 @@ class GridClient:
                 self._reader = threading.Thread(target=self._read, name="grid-results", daemon=True)
                 self._reader.start()
 
+    def _moved(self) -> None:
+        """A call moved to another endpoint: the results stream follows it."""
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
+
     def _read(self) -> None:
-        """Receive results; reopen the stream with back-off when it breaks (server restart, network)."""
+        """Receive results; reopen the stream with back-off when it breaks (server restart, network), on the
+        next endpoint when there are several."""
         backoff = Backoff()
         outage = Outage(self._timeout)
         core = self._core
         while not self._closing.is_set():
+            generation, index = self._endpoints.current()
             try:
                 request = pb.ResultsRequest(session=self.session, waiting=core.waiting())
-                for batch in self._rpc.grid.results(request, timeout=None):
+                stream = self._rpc.client(index).grid.results(request, timeout=None)
+                with self._lock:
+                    self._stream = stream
+                if self._endpoints.current()[0] != generation:
+                    stream.cancel()  # a call moved meanwhile
+                for batch in stream:
                     outage.ok()
                     backoff.reset()
                     ids = core.receive(batch.results)
@@ -220,13 +263,18 @@ class GridClient:
                 error = RpcException("the grid server ended the results stream", ResultCode.ERROR_STREAM_SHUTDOWN)
             except RpcException as exc:
                 error = exc
+            finally:
+                with self._lock:
+                    self._stream = None
             if self._closing.is_set():
                 return
-            _log.info("results stream of session %s broke: %s", self.session, error)
+            _log.info("results stream of session %s on %s broke: %s", self.session, self._endpoints.targets[index], error)
             if error.rc not in RECONNECTABLE:
                 core.fail_all(error)  # an answer (permission, certificate...): reported at once
             elif outage.exceeded():
-                core.fail_all(unreachable(self._rpc.target, self._timeout, error))
+                core.fail_all(unreachable(str(self._endpoints), self._timeout, error))
+            if error.rc in RECONNECTABLE:
+                self._endpoints.failed(generation)  # several endpoints: go on with the next one
             self._submitted.clear()
             if not core.pending():
                 self._submitted.wait()  # nothing to wait for: reconnect when there is
@@ -236,7 +284,7 @@ class GridClient:
 
     def _ack(self, ids: list[int]) -> None:
         try:
-            self._rpc.grid.ack(pb.AckRequest(session=self.session, job_ids=ids), timeout=self._timeout)
+            self._rpc.call("grid", "ack", pb.AckRequest(session=self.session, job_ids=ids))
         except RpcException as exc:  # the stream breaks too: unacknowledged results come again
             _log.debug("ack: %s", exc)
 

@@ -2,8 +2,8 @@
 
 Threads: the caller's thread reads the server's messages, ``concurrency`` runner threads call the handler,
 and gRPC pulls outgoing messages (results, starts, hand-backs, heartbeats) from a generator. Every wait is on
-one condition. A broken stream (server restart, network) is reopened with back-off; the jobs of the old
-stream are dropped (the server re-queued them).
+one condition. A broken stream (server restart, network) is reopened with back-off, on the next endpoint
+when the worker was given several; the jobs of the old stream are dropped (the server re-queued them).
 """
 
 from __future__ import annotations
@@ -15,18 +15,17 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
 from grpc_helper import ResultCode, RpcClient, RpcException
 from grpc_helper.grid._prefetch import Prefetch
-from grpc_helper.grid._session import RECONNECTABLE, Backoff
+from grpc_helper.grid._session import RECONNECTABLE, Backoff, Endpoints
 from grpc_helper.grid._signals import install_stop_signals
 from grpc_helper.grid.api import grid_pb2 as pb
 from grpc_helper.grid.api import grid_pb2_grpc as pb_grpc
 from grpc_helper.grid.config import CHANNEL_OPTIONS
-from grpc_helper.grid.endpoint import split_endpoint
 
 _log = logging.getLogger("grpc_helper.grid.worker")
 
@@ -37,7 +36,9 @@ _BATCH_BYTES = 2 * 1024 * 1024
 class GridWorker:
     """Serve jobs of ``(service_id, version)`` with ``handler(bytes) -> bytes``.
 
-    :param endpoint: grid server address, ``"host:port"``.
+    :param endpoint: grid server address, ``"host:port"``, or several servers of one grid (``"a:1,b:2"`` or a
+        list): the worker registers with the first and, when its stream breaks or the server is unreachable,
+        registers again with the next one (round robin, with the back-off below).
     :param concurrency: jobs run at the same time (threads: use several worker processes for CPU-bound work).
     :param prefetch: extra jobs the server sends ahead of time; default: adapted to the handler's speed (many
         for tiny jobs, a few for slow ones, so that no worker hoards work others could do).
@@ -48,7 +49,9 @@ class GridWorker:
     server's shutdown, or by Ctrl+C/SIGTERM (when run in the main thread): running jobs finish, unstarted ones
     are handed back, the worker deregisters and ``run()`` returns 0. A second signal (or ``abort()``) leaves at
     once: the server re-queues the jobs, ``run()`` returns ``EXIT_ABORTED``. Once registered, a lost stream
-    (server restart, missed heartbeats, network) is reopened with back-off until the worker is stopped.
+    (server restart, missed heartbeats, network) is reopened with back-off until the worker is stopped, on
+    the next endpoint when there are several: the worker registers there anew (a new ``worker_id``); results
+    of jobs from the lost stream are dropped (that server re-queues them, or lost them with itself).
 
     Example::
 
@@ -57,7 +60,7 @@ class GridWorker:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         service_id: str,
         version: str | int,
         handler: Callable[[bytes], bytes],
@@ -73,6 +76,7 @@ class GridWorker:
         if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must be >= 0")
         self.endpoint = endpoint
+        self._endpoints = Endpoints(endpoint)
         self.service_id = service_id
         self.version = str(version)
         self.handler = handler
@@ -109,6 +113,11 @@ class GridWorker:
     @property
     def prefetch(self) -> int:
         return self._prefetch.value
+
+    @property
+    def server(self) -> str:
+        """The grid server in use (or tried next), ``host:port``."""
+        return self._endpoints.target
 
     # ---- control (thread-safe) ----
 
@@ -160,23 +169,35 @@ class GridWorker:
             if restore is not None:
                 restore()
 
-    def _serve(self) -> int:
-        host, port = split_endpoint(self.endpoint)
-        client = RpcClient(
-            host,
-            port,
-            {"grid_worker": (pb_grpc.GridWorkerServiceStub, pb.GRID_API_CURRENT)},
-            timeout=self.connect_timeout,
-            name=self.description,
-            credentials=self.credentials,
-            options=CHANNEL_OPTIONS,
-        )
+    def _connect(self, clients: dict[int, RpcClient]) -> tuple[int, RpcClient]:
+        """The endpoint in use (its generation) and its client, made on first use."""
+        generation, index = self._endpoints.current()
+        client = clients.get(index)
+        if client is None:
+            host, port = self._endpoints.endpoints[index]
+            client = clients[index] = RpcClient(
+                host,
+                port,
+                {"grid_worker": (pb_grpc.GridWorkerServiceStub, pb.GRID_API_CURRENT)},
+                timeout=self.connect_timeout,
+                name=self.description,
+                credentials=self.credentials,
+                options=CHANNEL_OPTIONS,
+            )
         with self._cond:
             self._client = client
+            aborted = self._aborted
+        if aborted:
+            client.close()  # abort() closed the previous one
+        return generation, client
+
+    def _serve(self) -> int:
+        clients: dict[int, RpcClient] = {}
         backoff = Backoff(0.1, 5.0)
         deadline = time.monotonic() + self.connect_timeout
         try:
             while True:
+                generation, client = self._connect(clients)
                 gen = self._new_stream()
                 error: RpcException | None = None
                 try:
@@ -195,8 +216,10 @@ class GridWorker:
                     error = RpcException("the grid server closed the worker stream", ResultCode.ERROR_STREAM_SHUTDOWN)
                 if not self.registered.is_set() and (error.rc not in RECONNECTABLE or time.monotonic() >= deadline):
                     raise error
+                lost = self._endpoints.target
+                self._endpoints.failed(generation)  # several endpoints: register with the next one
                 delay = backoff.next()
-                _log.warning("worker stream lost (%s): reconnecting in %.1fs", error, delay)
+                _log.warning("worker stream to %s lost (%s): reconnecting to %s in %.1fs", lost, error, self.server, delay)
                 with self._cond:
                     self._cond.wait_for(lambda: self._draining, delay)
                     if self._aborted:
@@ -205,7 +228,8 @@ class GridWorker:
                         return 0
                 self.reconnections += 1
         finally:
-            client.close()
+            for client in clients.values():
+                client.close()
 
     def _new_stream(self) -> int:
         with self._cond:
