@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from grpc_helper import AsyncRpcClient, RpcClient, RpcException
+from grpc_helper import AsyncRpcClient, ResultCode, RpcClient, RpcException
 from grpc_helper.grid._session import Backoff, Endpoints, Next, all_unreachable, failover, outcome_unknown, transport_failure
 
 Client = TypeVar("Client", RpcClient, AsyncRpcClient)
@@ -31,12 +31,15 @@ class _Clients(Generic[Client]):
         self._make: Callable[[str, int, float], Client] = make
         self._lock = threading.Lock()
         self._clients: dict[int, Client] = {}
+        self._closed = threading.Event()
 
     def client(self, index: int | None = None) -> Client:
-        """The core client of endpoint ``index`` (default: the one in use)."""
+        """The core client of endpoint ``index`` (default: the one in use); ``ERROR_CANCELLED`` once closed."""
         if index is None:
             index = self.endpoints.current()[1]
         with self._lock:
+            if self._closed.is_set():
+                raise RpcException(f"grid client of {self.endpoints} is closed", ResultCode.ERROR_CANCELLED)
             client = self._clients.get(index)
             if client is None:
                 host, port = self.endpoints.endpoints[index]
@@ -46,7 +49,9 @@ class _Clients(Generic[Client]):
             return client
 
     def _all(self) -> list[Client]:
+        """Close: no more clients; the ones made so far (to close)."""
         with self._lock:
+            self._closed.set()
             clients = list(self._clients.values())
             self._clients.clear()
         return clients
@@ -71,10 +76,6 @@ class _Clients(Generic[Client]):
 class SyncClients(_Clients[RpcClient]):
     """``RpcClient``s of a sync grid client or controller."""
 
-    def __init__(self, endpoints: Endpoints, make: Callable[[str, int, float], RpcClient], timeout: float) -> None:
-        super().__init__(endpoints, make, timeout)
-        self._closed = threading.Event()
-
     def call(self, service: str, method: str, request: Any, *, once: bool = False, timeout: float | None = None) -> Any:
         """``client.<service>.<method>(request)`` on the endpoint in use, moving on as ``failover`` says."""
         timeout = self.timeout if timeout is None else timeout
@@ -95,17 +96,12 @@ class SyncClients(_Clients[RpcClient]):
                 self._closed.wait(min(left, backoff.next()))
 
     def close(self) -> None:
-        self._closed.set()
         for client in self._all():
             client.close()
 
 
 class AsyncClients(_Clients[AsyncRpcClient]):
     """``AsyncRpcClient``s of an asyncio grid client."""
-
-    def __init__(self, endpoints: Endpoints, make: Callable[[str, int, float], AsyncRpcClient], timeout: float) -> None:
-        super().__init__(endpoints, make, timeout)
-        self._closed = False
 
     async def call(
         self, service: str, method: str, request: Any, *, once: bool = False, timeout: float | None = None
@@ -122,12 +118,11 @@ class AsyncClients(_Clients[AsyncRpcClient]):
                     request, timeout=max(0.0, self._left(start, timeout))
                 )
             except RpcException as error:
-                if self._closed:
+                if self._closed.is_set():
                     raise
                 left = self._next(error, generation, once, method, start, timeout)
                 await asyncio.sleep(min(left, backoff.next()))
 
     async def close(self) -> None:
-        self._closed = True
         for client in self._all():
             await client.close()
