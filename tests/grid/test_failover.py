@@ -238,3 +238,22 @@ def test_cli_endpoint_lists_and_backend_are_checked(tmp_path: Path) -> None:
     assert down.returncode == ExitCode.UNREACHABLE and down.stderr.count("\n") == 1, down.stderr
     unknown = _cli("serve", "--insecure", "--port", "0", "--backend", "nosuch", "--state-dir", str(tmp_path / "s"))
     assert unknown.returncode == ExitCode.USAGE and unknown.stderr.count("\n") == 1 and "nosuch" in unknown.stderr, unknown.stderr
+
+
+def test_worker_gives_up_after_connect_timeout_over_every_endpoint() -> None:
+    from grpc_helper.grid import GridWorker
+
+    dead = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    worker = GridWorker(",".join(dead), "echo", "1", bytes.upper, connect_timeout=0.5)
+    with pytest.raises(RpcException) as failed:
+        worker.run(install_signals=False)
+    assert failed.value.rc == ResultCode.ERROR_RPC and worker.reconnections >= 1  # it tried the next endpoint
+
+
+def test_endpoint_lists_in_the_python_api() -> None:
+    with pytest.raises(ValueError, match="invalid endpoint"):
+        GridClient("127.0.0.1:1,nope")
+    with pytest.raises(ValueError, match="no endpoint"):
+        GridController([])
+    with GridClient(["127.0.0.1:1,[::1]:2", "127.0.0.1:1"]) as client:  # duplicates once, IPv6 in brackets
+        assert client.endpoint == "127.0.0.1:1"
