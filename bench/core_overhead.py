@@ -11,13 +11,21 @@ and the median of each is kept, so machine noise hits both sides alike.
     C   server CPU time per sequential call, AsyncRpcServer ÷ bare grpc.aio (goal <= 1.02), and
         RpcServer ÷ bare grpc.server (for information); the difference is the work grpc-helper adds per call
 
-CPU time is read from each server process (the scheduler's per-thread run time), so it measures the work done for a call rather
-than how long the call waited: it is much steadier than wall-clock figures on a busy machine.
+CPU time is read from each server process (the scheduler's per-thread run time), so it measures the work done
+for a call rather than how long the call waited: it is steadier than wall-clock figures on a busy machine, but
+a loaded 2-core machine still moves it by several percent: use many short rounds, and read the paired ratio
+(each round's ratio, then the median).
 
 The asyncio servers answer on their event loop: the bare one hosts an ``async def`` wrapper of the same
-InfoManager (grpc.aio would run a plain ``def`` in a thread pool), ours calls it inline like its own.
+InfoManager (grpc.aio would run a plain ``def`` in a thread pool), ours calls it inline like its own. The bare
+servers' InfoManager lists the same services as ours, so every server sends the same reply.
 
-Usage: python bench/core_overhead.py [--calls 2000] [--rounds 5] [--concurrency 32]
+A/B: ``--servers bare-aio,ours-aio,ours-aio-no-version,...`` compares any servers (CPU per call only), the
+variants removing one part of grpc-helper's per-call work in the benchmark's server process; ``--ref DIR`` adds
+``ref:NAME`` servers run from another checkout (before/after).
+
+Usage: python bench/core_overhead.py [--calls 2000] [--rounds 5] [--concurrency 32] [--only-cpu]
+       python bench/core_overhead.py --servers bare-aio,ours-aio,ours-aio-no-gate --rounds 20 --calls 500
 """
 
 from __future__ import annotations
@@ -40,7 +48,20 @@ import grpc.aio
 import psutil
 
 from grpc_helper.api import info_pb2, info_pb2_grpc
+from grpc_helper.info import InfoManager
 from grpc_helper.metadata import client_metadata
+
+
+def info_manager() -> InfoManager:
+    """The bare servers' InfoManager: it lists the same services as ours (info and the built-in ones), so that
+    every server sends the same reply (321 bytes) and the difference is the work around the call."""
+    from grpc_helper._builtin import BuiltinServices
+    from grpc_helper.info import info_descriptor
+
+    manager = InfoManager()
+    manager.publish([info_descriptor(manager), *BuiltinServices().descriptors([], lambda: None)])
+    return manager
+
 
 #: Server kinds: each starts a server on 127.0.0.1 and returns (port, the object keeping it alive).
 SERVERS: dict[str, Callable[[], tuple[int, object]]] = {}
@@ -56,10 +77,7 @@ def server(name: str) -> Callable[[Callable[[], tuple[int, object]]], Callable[[
 
 @server("bare")
 def _bare() -> tuple[int, object]:
-    from grpc_helper.info import InfoManager, info_descriptor
-
-    manager = InfoManager()
-    manager.publish([info_descriptor(manager)])
+    manager = info_manager()
     srv = grpc.server(ThreadPoolExecutor(64), options=[("grpc.so_reuseport", 0)])
     info_pb2_grpc.add_InfoServiceServicer_to_server(manager, srv)
     port = srv.add_insecure_port("127.0.0.1:0")
@@ -80,10 +98,7 @@ AIO_SERVERS: dict[str, Callable[[], Awaitable[tuple[int, Callable[[], Awaitable[
 
 
 async def _bare_aio(register: Callable[[Any], None] | None = None) -> tuple[int, Callable[[], Awaitable[None]]]:
-    from grpc_helper.info import InfoManager, info_descriptor
-
-    manager = InfoManager()
-    manager.publish([info_descriptor(manager)])
+    manager = info_manager()
 
     class AsyncInfo(info_pb2_grpc.InfoServiceServicer):
         async def get(self, request: info_pb2.InfoFilter, context: object) -> info_pb2.MultiServiceInfo:

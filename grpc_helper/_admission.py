@@ -8,7 +8,6 @@ raise inside grpcio, which logs a traceback and answers INTERNAL): the call fail
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from grpc_helper._access import Access
@@ -17,15 +16,6 @@ from grpc_helper._identity import Identity, IdentityResolver, reset_current, set
 from grpc_helper._limits import QuotaTable
 from grpc_helper.api.common_pb2 import ResultCode
 from grpc_helper.errors import RpcException, bounded
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What an admitted call holds until it ends: its caller and its place in the caller's quota."""
-
-    identity: Identity | None
-    key: str
-    streaming: bool
 
 
 def peer_host(peer: str) -> str:
@@ -47,9 +37,9 @@ class CallGate:
         #: False on plaintext servers: no caller has an identity there (and reading the auth context is skipped).
         self.secure = secure
 
-    def admit(self, name: str, rule: Access, streaming: bool, context: Any) -> Admission:
+    def admit(self, name: str, rule: Access, streaming: bool, context: Any) -> tuple[Identity | None, str]:
         """Admit a call of method ``name`` or raise ``RpcException`` (UNAUTHENTICATED, PERMISSION_DENIED,
-        RESOURCE_EXHAUSTED)."""
+        RESOURCE_EXHAUSTED). Returns the caller and its quota key (give it back with ``release``)."""
         identity = self.resolver.resolve(context.auth_context()) if self.secure else None
         if rule is not Access.ANYONE:
             refusal = rule.refusal(name, identity)
@@ -61,7 +51,7 @@ class CallGate:
             peer = context.peer()
             key = self._hosts.get(peer) or self._host_of(peer)
         self.quotas.acquire(key, streaming)
-        return Admission(identity, key, streaming)
+        return identity, key
 
     def _host_of(self, peer: str) -> str:
         if len(self._hosts) > 4096:
@@ -69,8 +59,8 @@ class CallGate:
         key = self._hosts[peer] = peer_host(peer)
         return key
 
-    def release(self, admission: Admission) -> None:
-        self.quotas.release(admission.key, admission.streaming)
+    def release(self, key: str, streaming: bool) -> None:
+        self.quotas.release(key, streaming)
 
 
 class Undecodable:
@@ -137,19 +127,19 @@ class CallScope:
         self._streaming = request_streaming or response_streaming
         self._stream_checker = stream_checker if request_streaming else None
 
-    def enter(self, context: Any) -> tuple[int, Admission, Any]:
+    def enter(self, context: Any) -> tuple[int, str, Any]:
         """Admit the call or raise ``RpcException`` (the caller aborts with it: nothing is held then)."""
         key = self._calls.begin(self.method, context)
         try:
-            admission = self._gate.admit(self.name, self._rule, self._streaming, context)
+            identity, quota_key = self._gate.admit(self.name, self._rule, self._streaming, context)
         except BaseException:
             self._calls.end(key)
             raise
-        return key, admission, set_current(admission.identity)
+        return key, quota_key, set_current(identity)
 
-    def leave(self, ticket: tuple[int, Admission, Any]) -> None:
-        key, admission, token = ticket
-        self._gate.release(admission)
+    def leave(self, ticket: tuple[int, str, Any]) -> None:
+        key, quota_key, token = ticket
+        self._gate.release(quota_key, self._streaming)
         reset_current(token)
         self._calls.end(key)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -62,12 +62,9 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
         call = adapt_arity(behavior)
         scope, watchdog = self._scope(method, handler, _checked_requests), self._watchdog
 
-        async def enter(context: Context) -> Any:
-            try:
-                return scope.enter(context)
-            except RpcException as exc:
-                await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
-                raise  # not reached: abort raises
+        async def refuse(context: Context, exc: RpcException) -> NoReturn:
+            await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+            raise exc  # not reached: abort raises
 
         is_coroutine = inspect.iscoroutinefunction(behavior)
         # A coroutine streams through context.write() (grpc.aio's other style): it is awaited, not iterated.
@@ -77,7 +74,11 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
             async def stream(request: Any, context: Context) -> None:
                 # Written with context.write() (not re-yielded) so that a send stuck on a reader that stopped
                 # reading is awaited here, where the watchdog's cancellation can end the call with a status.
-                ticket = await enter(context)
+                ticket: tuple[int, str, Any] | None
+                try:
+                    ticket = scope.enter(context)
+                except RpcException as exc:
+                    await refuse(context, exc)
                 task = asyncio.current_task()
                 loop = asyncio.get_running_loop()
                 stalled = False
@@ -126,7 +127,10 @@ class AsyncRpcServerInterceptor(InterceptorCore, AioServerInterceptor):
             return rebuild_handler(handler, stream, safe=True, encoded_replies=True)
 
         async def unary(request: Any, context: Context) -> Any:
-            ticket = await enter(context)
+            try:  # no coroutine of its own: this runs for every call
+                ticket = scope.enter(context)
+            except RpcException as exc:
+                await refuse(context, exc)
             try:
                 if is_coroutine:
                     return await call(scope.decoded(request), context)
