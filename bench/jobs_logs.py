@@ -194,10 +194,12 @@ def main() -> None:
     parser.add_argument("--gib", type=float, default=1.0, help="P3 output size in GiB (default 1)")
     parser.add_argument("--readers", type=int, default=100, help="P4 readers (default 100)")
     parser.add_argument("--rounds", type=int, default=3, help="P3 rounds, each side by side (default 3)")
+    parser.add_argument("--tmp", default=None, help="where the servers' state (and the jobs' logs) go, e.g. "
+                        "/dev/shm to take the disk out (default: the system's temporary directory)")
     parser.add_argument("--ref", default="", help="P3 also on a server of this checkout (with generated code), "
                         "alternately: before/after")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="jobs-bench-") as d:
+    with tempfile.TemporaryDirectory(prefix="jobs-bench-", dir=args.tmp) as d:
         tmp = Path(d)
         server, port = start_server(tmp)
         others: list[subprocess.Popen[bytes]] = []
