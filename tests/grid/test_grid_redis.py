@@ -8,6 +8,8 @@ from __future__ import annotations
 import queue
 import random
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
@@ -17,7 +19,7 @@ from grpc_helper import ResultCode, RpcException
 from grpc_helper.grid import GridClient, GridLimits
 from grpc_helper.grid.backends import BackendUnavailable, RedisBackend, open_backend
 
-from .conftest import FAST, WAIT, GridProcess, GridServer, JobStarted, poll
+from .conftest import FAST, ROOT, WAIT, GridProcess, GridServer, JobStarted, poll, worker_env
 
 
 @pytest.fixture
@@ -96,6 +98,9 @@ def test_another_identity_cannot_take_a_session(redis_url: str, grid_server_fact
         with pytest.raises(RpcException) as info, b.client("bob", session="alices") as bob:
             bob.submit("nobody", "1", b"x").result(WAIT)  # bob's results stream for alice's session is refused
         assert alice.get_result(alice.submit("nobody", "1", b"y").job_id).state == 1  # alice's session is intact
+        with a.controller() as ctl:  # any server's status shows the whole grid
+            grid = ctl.status()["grid"]
+        assert len(grid["servers"]) == 2 and [q["service_id"] for q in grid["queues"]] == ["nobody"]
     assert info.value.rc == ResultCode.ERROR_ITEM_UNKNOWN and "unknown session" in info.value.message
 
 
@@ -139,8 +144,17 @@ def test_graceful_stop_hands_jobs_back_at_once(shared, spawn_worker, job_started
 
 def test_backend_unavailable_is_one_line_error() -> None:
     with pytest.raises(BackendUnavailable) as info:
-        RedisBackend("redis://127.0.0.1:1/0")
+        RedisBackend("redis://:secret@127.0.0.1:1/0")
     assert "does not answer" in str(info.value) and "\n" not in str(info.value)
+    assert "secret" not in str(info.value)  # the URL is quoted without its password
+    serve = subprocess.run(
+        [sys.executable, "-m", "grpc_helper.grid", "serve", "--insecure", "--port", "0", "--backend",
+         "redis://127.0.0.1:1/0"],
+        capture_output=True, text=True, timeout=WAIT, env=worker_env(), cwd=ROOT,
+    )
+    assert serve.returncode == 3
+    assert serve.stderr.strip().startswith("error: Redis at redis://127.0.0.1:1/0 does not answer")
+    assert "Traceback" not in serve.stderr
 
 
 def test_chaos_two_servers_one_redis(processes, spawn_worker) -> None:
