@@ -27,8 +27,6 @@ Pile = TypeVar("Pile")
 class GroupCommit(Backend, Generic[Pile]):
     """A backend whose records a writer thread stores in piles. Subclasses hold the pile under ``_cond``."""
 
-    #: Errors of ``_store`` that are retried (others end the writer: a bug, logged).
-    retried: tuple[type[BaseException], ...] = (OSError,)
 
     def __init__(self, window: float, thread_name: str) -> None:
         self.window = window
@@ -114,7 +112,7 @@ class GroupCommit(Backend, Generic[Pile]):
                 seq = self._seq
             try:
                 self._store(pile)
-            except self.retried as exc:
+            except Exception as exc:  # storage down or full: keep the pile, retry; waiters wait (their deadline)
                 self.errors += 1
                 if self._closing:
                     _log.error("grid state %s: records not stored at close: %s", self._where(), exc)

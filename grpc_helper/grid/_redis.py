@@ -52,7 +52,6 @@ class RedisBackend(GroupCommit[list[_Op]]):
     name = "redis"
     durable = True
     shared = True
-    retried = (redis.ConnectionError, redis.TimeoutError, OSError)
 
     def __init__(self, url: str, *, prefix: str | None = None, window: float = 0.002) -> None:
         """``url``: ``redis://[:PASSWORD@]HOST:PORT/DB`` (``rediss://`` for TLS), optionally with ``?prefix=NAME``

@@ -91,6 +91,7 @@ end
 """
 
 #: ARGV: prefix, session, owner, home, queue, ttl, then (id, payload) pairs. Returns 0 for another identity's session.
+#: Every script is idempotent: a pile whose pipeline failed half-way is stored again whole.
 ACCEPT = """
 local P, sess, owner, home, q, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local s, sj = P .. 's:' .. sess, P .. 'sj:' .. sess
@@ -100,8 +101,10 @@ redis.call('HSET', s, 'owner', owner, 'home', home)
 redis.call('SADD', P .. 'queues', q)
 redis.pcall('XGROUP', 'CREATE', q, 'workers', '0', 'MKSTREAM')
 for i = 7, #ARGV, 2 do
-  local eid = redis.call('XADD', q, '*', 'id', ARGV[i], 's', sess, 'o', owner, 'p', ARGV[i + 1])
-  redis.call('HSET', sj, ARGV[i], eid .. ' ' .. q)
+  if redis.call('HEXISTS', sj, ARGV[i]) == 0 then  -- a pile stored again after an error adds nothing twice
+    local eid = redis.call('XADD', q, '*', 'id', ARGV[i], 's', sess, 'o', owner, 'p', ARGV[i + 1])
+    redis.call('HSET', sj, ARGV[i], eid .. ' ' .. q)
+  end
 end
 redis.call('EXPIRE', s, ttl)
 redis.call('EXPIRE', sj, ttl)

@@ -99,7 +99,6 @@ class SqliteBackend(GroupCommit[tuple[dict[int, "_Row | None"], set[int]]]):
 
     name = "sqlite"
     durable = True
-    retried = (sqlite3.Error,)
 
     def __init__(self, state_dir: Path | str, *, window: float = GROUP_COMMIT_WINDOW) -> None:
         super().__init__(window, "grid-sqlite")

@@ -81,10 +81,15 @@ class GridClientManager(pb_grpc.GridClientServiceServicer, _GridManager):
             raise RpcException(f"at most {_MAX_WAITING} waiting jobs per stream", ResultCode.ERROR_PARAM_INVALID)
         event = asyncio.Event()
         with grid_errors():
-            # On a shared backend the session may come from another server: this one becomes its home.
-            adopted = await self.grid.backend.adopt(session, caller()) if 0 < len(session) <= 128 else None
-            token, unknown = self.scheduler.open_stream(session, caller(), request.waiting, waker(event), adopted or ())
+            shared = self.grid.backend.shared
+            token, unknown = self.scheduler.open_stream(session, caller(), () if shared else request.waiting, waker(event))
         try:
+            if shared:
+                # The session may come from another server: this one becomes its home, and holds its jobs (the
+                # session exists here first, so that none completing meanwhile is missed).
+                with grid_errors():
+                    adopted = await self.grid.backend.adopt(session, caller())
+                    unknown = self.scheduler.adopt(session, caller(), adopted or (), request.waiting)
             # Always a first message: the client knows the stream is open (and what the server forgot).
             yield result_batch(unknown)
             while True:

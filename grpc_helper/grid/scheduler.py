@@ -210,35 +210,43 @@ class Scheduler:
             return self._end_session(session)
 
     def open_stream(
-        self,
-        session_id: str,
-        owner: str,
-        waiting: Iterable[int],
-        wake: Callable[[], None],
-        adopted: Sequence[JobRecord] = (),
+        self, session_id: str, owner: str, waiting: Iterable[int], wake: Callable[[], None]
     ) -> tuple[int, list[JobView]]:
         """Attach a results stream to a session (replacing any previous one): (token, views of the ``waiting``
-        jobs this server does not know, to report at once as failed with ERROR_ITEM_UNKNOWN). ``adopted``: the
-        session's held jobs, from a shared backend (``Backend.adopt``)."""
+        jobs this server does not know, to report at once as failed with ERROR_ITEM_UNKNOWN)."""
         with self._lock:
             if self._closed:
                 raise GridClosedError("grid is shut down")
             session = self._delivery.session(session_id, owner, self._clock(), create=True)
-            for job in adopted:
-                if job.id not in self._jobs:
+            token = self._delivery.open_stream(session)
+            session.wake = wake
+            return token, self._unknown(session, waiting)
+
+    def adopt(self, session_id: str, owner: str, jobs: Sequence[JobRecord], waiting: Iterable[int]) -> list[JobView]:
+        """The held jobs of a session whose stream opened here, from a shared backend (``Backend.adopt``, called
+        after ``open_stream``): merged into the session; returns the views of the ``waiting`` jobs still unknown."""
+        with self._lock:
+            session = self._delivery.session(session_id, owner, self._clock(), create=True)
+            now = self._clock()
+            for job in jobs:
+                mine = self._jobs.get(job.id)
+                if mine is None:
                     self._jobs[job.id] = job
                     self._admission.hold(session, job)
                     if job.state in TERMINAL:
-                        self._delivery.completed(job, self._clock())
-            token = self._delivery.open_stream(session)
-            session.wake = wake
-            unknown = [
-                JobView(job_id, JobState.FAILED, error=UNKNOWN_JOB.format(job_id), rc=ResultCode.ERROR_ITEM_UNKNOWN)
-                for job_id in waiting
-                if job_id not in session.jobs and job_id not in self._delivery.retained
-            ]
-            self.counters["unknown_reported"] += len(unknown)
-            return token, unknown
+                        self._delivery.completed(job, now)
+                elif mine.session == session.id and mine.id not in session.jobs:
+                    self._admission.hold(session, mine)  # leased here for this server's workers: now held too
+            return self._unknown(session, waiting)
+
+    def _unknown(self, session: Session, waiting: Iterable[int]) -> list[JobView]:
+        unknown = [
+            JobView(job_id, JobState.FAILED, error=UNKNOWN_JOB.format(job_id), rc=ResultCode.ERROR_ITEM_UNKNOWN)
+            for job_id in waiting
+            if job_id not in session.jobs and job_id not in self._delivery.retained
+        ]
+        self.counters["unknown_reported"] += len(unknown)
+        return unknown
 
     def close_stream(self, session_id: str, token: int) -> None:
         with self._lock:
@@ -443,8 +451,16 @@ class Scheduler:
         with self._lock:
             for done in jobs:
                 job = self._jobs.get(done.id)
-                if job is None or job.state in TERMINAL:
-                    continue  # unknown here (its session ended), or completed here first
+                if job is None:
+                    session = self._delivery.sessions.get(done.session)
+                    if session is None:
+                        continue  # not a session of this server (any more)
+                    # A session arriving here (``adopt``) whose job another server completed meanwhile.
+                    job = JobRecord(done.id, session.id, session.owner, done.key, None, 0)
+                    self._jobs[job.id] = job
+                    self._admission.hold(session, job)
+                elif job.state in TERMINAL:
+                    continue  # completed here first
                 job.attempts = max(job.attempts, done.attempts)
                 self._dispatch.withdraw(job)
                 self._finish(job, done.state, done.data, done.error, done.rc, store=False)
@@ -507,9 +523,11 @@ class Scheduler:
         if store:
             self.backend.updated(job)
         session = self._delivery.sessions.get(job.session)
-        if session is None or job.id not in session.jobs:
+        if session is None or session.owner != job.owner:
             # Another server's session (shared backend): the result is stored; nothing of it stays here.
             self._jobs.pop(job.id, None)
             return
+        if job.id not in session.jobs:
+            self._admission.hold(session, job)  # a job leased here whose session just arrived (``adopt``)
         self._admission.resize(session, job, len(data))
         self._delivery.completed(job, self._clock())
