@@ -36,7 +36,7 @@ cd "$work"
 "$work/venv/bin/python" - <<'PY'
 import importlib, pkgutil, grpc, google.protobuf
 import grpc_helper
-skip = {"grpc_helper.testing", "grpc_helper.grid._redis"}  # need the `testing` (pytest) and `redis` extras
+skip = {"grpc_helper.testing", "grpc_helper.grid._redis", "grpc_helper.grid._redis_consumer"}  # need the `testing` (pytest) and `redis` extras
 names = [m.name for m in pkgutil.walk_packages(grpc_helper.__path__, "grpc_helper.") if m.name not in skip]
 for name in names:
     importlib.import_module(name)

@@ -219,7 +219,7 @@ class RedisBackend(GroupCommit[list[_Op]]):
             elif kind == "hand_back":
                 scripts["HAND_BACK"](args=[prefix, op[1], op[2]], client=pipe)
             elif kind == "poke":
-                pipe.xadd(self._inbox, {"poke": "1"}, maxlen=1000, approximate=True)
+                pipe.xadd(self._inbox, {"poke": "1"})  # never trimmed: notices wait in the same stream
         for i in range(0, len(completions), 5 * 1000):  # a script runs alone: keep each one short
             scripts["COMPLETE"](args=[prefix, me, ttl, *completions[i : i + 5 * 1000]], client=pipe)
         results = pipe.execute()

@@ -40,13 +40,6 @@ def processes(redis_url: str) -> Iterator[Callable[..., GridProcess]]:
         server.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug in the scheduler (lead's area): Scheduler.open_stream adopts a moved session's held jobs "
-    "only `if job.id not in self._jobs`, but a job of that session that this server's worker leased (Feed.leased) "
-    "is already in _jobs without being in the session, so the reopened stream reports it ERROR_ITEM_UNKNOWN; "
-    "fails ~1 run in 3 under load (B's worker prefetched A's jobs)",
-)
 def test_server_sigkilled_mid_batch_client_and_workers_carry_on(processes: Callable[..., GridProcess]) -> None:
     a, b = processes(), processes()
     workers = [
@@ -79,24 +72,21 @@ def test_server_sigkilled_mid_batch_client_and_workers_carry_on(processes: Calla
             worker.wait(WAIT)
 
 
-
-@pytest.mark.xfail(strict=False, reason="the scheduler bug above, reproduced without timing: see the docstring")
 def test_a_moved_session_keeps_the_jobs_this_server_runs(
     redis_url: str, grid_server_factory: Callable[..., GridServer], spawn_worker: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     """Jobs submitted on A, leased by B's worker; the client's results stream then opens on B with their ids
-    (what a failover does). B knows them: none may be reported unknown. Today ``Scheduler.open_stream`` skips
-    adopted jobs already in its ``_jobs`` (put there by ``Feed.leased``) without attaching them to the
-    session, and reports them ERROR_ITEM_UNKNOWN."""
+    (what a failover does). B knows them: none may be reported unknown (B held them for its worker, outside any
+    session of its own, before the session arrived)."""
     a = grid_server_factory(FAST, tls=False, backend=open_backend(redis_url))
     b = grid_server_factory(FAST, tls=False, backend=open_backend(redis_url))
     spawn_worker("grid_handlers:hang", server=b)
-    with a.client(session="moving") as client:
+    host, _, port = b.endpoint.rpartition(":")
+    with a.client(session="moving") as client:  # open till the end: closing it would end the session
         ids = [h.job_id for h in client.submit_batch("echo", "1", [b"x", b"y"])]
         assert poll(lambda: sum(w["in_flight"] for w in b.workers()) == 2)  # both leased by B's worker
-    host, _, port = b.endpoint.rpartition(":")
-    with RpcClient(host, int(port), {"grid": (pb_grpc.GridClientServiceStub, API_VERSION)}, timeout=WAIT) as rpc:
-        stream = rpc.grid.results(pb.ResultsRequest(session="moving", waiting=ids), timeout=WAIT)
-        first = next(iter(stream))  # the first message lists the waiting jobs B does not know
-        stream.cancel()
+        with RpcClient(host, int(port), {"grid": (pb_grpc.GridClientServiceStub, API_VERSION)}, timeout=WAIT) as rpc:
+            stream = rpc.grid.results(pb.ResultsRequest(session="moving", waiting=ids), timeout=WAIT)
+            first = next(iter(stream))  # the first message lists the waiting jobs B does not know
+            stream.cancel()
     assert [r.job_id for r in first.results] == []
