@@ -83,8 +83,11 @@ class SyncClients(_Clients[RpcClient]):
             return getattr(getattr(self.client(0), service), method)(request, timeout=timeout)
         start = time.monotonic()
         backoff = Backoff()
+        last: RpcException | None = None
         while True:
             generation, index = self.endpoints.current()
+            if last is not None and self._left(start, timeout) <= 0:
+                raise all_unreachable(self.endpoints, timeout, last)  # the back-off used up what was left
             try:
                 return getattr(getattr(self.client(index), service), method)(
                     request, timeout=max(0.0, self._left(start, timeout))
@@ -93,6 +96,7 @@ class SyncClients(_Clients[RpcClient]):
                 if self._closed.is_set():
                     raise
                 left = self._next(error, generation, once, method, start, timeout)
+                last = error
                 self._closed.wait(min(left, backoff.next()))
 
     def close(self) -> None:
@@ -111,8 +115,11 @@ class AsyncClients(_Clients[AsyncRpcClient]):
             return await getattr(getattr(self.client(0), service), method)(request, timeout=timeout)
         start = time.monotonic()
         backoff = Backoff()
+        last: RpcException | None = None
         while True:
             generation, index = self.endpoints.current()
+            if last is not None and self._left(start, timeout) <= 0:
+                raise all_unreachable(self.endpoints, timeout, last)  # the back-off used up what was left
             try:
                 return await getattr(getattr(self.client(index), service), method)(
                     request, timeout=max(0.0, self._left(start, timeout))
@@ -121,6 +128,7 @@ class AsyncClients(_Clients[AsyncRpcClient]):
                 if self._closed.is_set():
                     raise
                 left = self._next(error, generation, once, method, start, timeout)
+                last = error
                 await asyncio.sleep(min(left, backoff.next()))
 
     async def close(self) -> None:
