@@ -263,7 +263,7 @@ def _print_status(status: dict[str, object]) -> None:
     queues = status.get("queues", [])
     backend = status.get("backend", {})
     if isinstance(backend, dict):
-        where = f" ({backend['path']})" if backend.get("path") else ""
+        where = f" ({backend.get('path') or backend.get('url')})" if backend.get("path") or backend.get("url") else ""
         print(f"backend: {backend.get('name')}{where}, durable: {'yes' if backend.get('durable') else 'no'}")
     print(f"workers: {len(workers)}")  # type: ignore[arg-type]
     for w in workers:  # type: ignore[attr-defined]
@@ -275,6 +275,22 @@ def _print_status(status: dict[str, object]) -> None:
     for q in queues:  # type: ignore[attr-defined]
         print(f"  {q['service_id']}/{q['service_version']}: depth={q['depth']} running={q['running']} workers={q['workers']}")
     print("counters: " + " ".join(f"{k}={v}" for k, v in status.get("counters", {}).items()))  # type: ignore[attr-defined]
+    grid = status.get("grid")
+    if isinstance(grid, dict):  # a shared backend: the whole grid
+        if "error" in grid:
+            print(f"grid: unknown ({grid['error']})")
+            return
+        servers, shared = grid.get("servers", []), grid.get("queues", [])
+        print(f"grid: {len(servers)} server(s)")
+        for server in servers:
+            counters = server.get("counters", {})
+            print(
+                f"  {server['server']} workers={len(server.get('workers', []))}"
+                f" sessions={server.get('sessions', {}).get('count', 0)} done={counters.get('done', 0)}"
+            )
+        print("grid queues:")
+        for q in shared:
+            print(f"  {q['service_id']}/{q['service_version']}: queued={q['queued']} leased={q['leased']}")
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -101,6 +101,9 @@ def test_another_identity_cannot_take_a_session(redis_url: str, grid_server_fact
         with a.controller() as ctl:  # any server's status shows the whole grid
             grid = ctl.status()["grid"]
         assert len(grid["servers"]) == 2 and [q["service_id"] for q in grid["queues"]] == ["nobody"]
+        printed = a.cli("status").stdout  # and so does the CLI
+        assert "backend: redis (redis://127.0.0.1:6379/13" in printed and "grid: 2 server(s)" in printed
+        assert "nobody/1: queued=" in printed
     assert info.value.rc == ResultCode.ERROR_ITEM_UNKNOWN and "unknown session" in info.value.message
 
 

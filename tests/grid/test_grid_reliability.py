@@ -10,7 +10,14 @@ import pytest
 from grpc_helper import ResultCode
 from grpc_helper.grid import GridClient, GridController, GridLimits, JobError
 
-from .conftest import FAST, WAIT, GridServer
+from .conftest import FAST, WAIT, GridServer, backend_option
+
+
+@pytest.fixture(params=["memory", "redis"])
+def grid_server(request: pytest.FixtureRequest, grid_server_factory) -> GridServer:
+    """Each test of this module on the memory backend and on a shared Redis queue (skipped without Redis)."""
+    server: GridServer = grid_server_factory(**backend_option(request.param, request))
+    return server
 
 
 def test_worker_killed_mid_job_completes_elsewhere(grid_server: GridServer, spawn_worker, grid_client: GridClient) -> None:
@@ -39,8 +46,11 @@ def test_hung_worker_dropped_on_missed_heartbeats(grid_server: GridServer, spawn
         frozen.send_signal(signal.SIGKILL)
 
 
-def test_handler_error_reaches_client_after_retries(grid_server_factory, spawn_worker) -> None:
-    server = grid_server_factory(GridLimits(max_retries=2, heartbeat_interval=0.2, heartbeat_timeout=1.0))
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_handler_error_reaches_client_after_retries(backend: str, request, grid_server_factory, spawn_worker) -> None:
+    server = grid_server_factory(
+        GridLimits(max_retries=2, heartbeat_interval=0.2, heartbeat_timeout=1.0), **backend_option(backend, request)
+    )
     spawn_worker("grid_handlers:fail", server=server)
     with server.client() as client:
         handle = client.submit("echo", "1", b"bad")
