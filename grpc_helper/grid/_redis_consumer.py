@@ -29,6 +29,8 @@ _log = logging.getLogger("grpc_helper.grid")
 
 #: Seconds between two publications of the server's status (and the longest a blocking read waits).
 STATUS_PERIOD = 1.0
+#: A server silent this long (seconds) is forgotten: its registration and its inbox are deleted.
+FORGET_AFTER = 3600.0
 
 #: A job id's entry: (queue, entry id).
 Entry = tuple[str, str]
@@ -68,6 +70,7 @@ class Consumer:
         self._thread = threading.Thread(target=self._loop, name="grid-redis-reader", daemon=True)
         self.pulled = 0
         self.reclaimed = 0
+        self._next_sweep = 0.0
 
     # ---- leases ----
 
@@ -255,6 +258,9 @@ class Consumer:
 
     def _maintain(self, demand: dict[Key, int]) -> None:
         r = self._reader
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + 60
+            self._forget_lost_servers()
         with self._lock:
             held = list(self._held.values())
         by_queue: dict[str, list[Any]] = {}
@@ -290,6 +296,22 @@ class Consumer:
             self.reclaimed += len(entries)
             _log.info("grid redis: took over %d job(s) of %s from a lost grid server", len(entries), queue)
             self._leased(queue, entries, reclaimed=counts)
+
+    def _forget_lost_servers(self) -> None:
+        """Delete the registration and the inbox of servers silent for ``FORGET_AFTER`` (they crashed: their
+        sessions moved with their clients, or expire)."""
+        registry: dict[Any, Any] = self._reader.hgetall(self.layout.servers)  # type: ignore[assignment]
+        now = time.time()
+        for server, raw in registry.items():
+            try:
+                seen = float(json.loads(raw).get("ts", 0))
+            except (ValueError, AttributeError):
+                seen = 0.0
+            if now - seen > FORGET_AFTER:
+                name = server.decode()
+                self._reader.hdel(self.layout.servers, name)
+                self._reader.delete(self.layout.inbox(name))
+                _log.info("grid redis: forgot grid server %s (silent for %.0f s)", name, now - seen)
 
     def close(self) -> None:
         """Disconnect the reader's connection (after ``stop``)."""

@@ -5,11 +5,13 @@ Skipped, saying why, where no Redis answers on 127.0.0.1:6379 (``.ci/run`` start
 
 from __future__ import annotations
 
+import json
 import queue
 import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
@@ -197,3 +199,22 @@ def test_chaos_two_servers_one_redis(processes, spawn_worker) -> None:
                     workers.append(spawn_worker("grid_handlers:tick", "chaos", "1", server=servers[worker_kills % 2]))
     assert [results[i] for i in range(jobs)] == payloads
     assert server_kills == 2 and worker_kills >= 10
+
+
+def test_long_lost_servers_are_forgotten(redis_url: str, shared) -> None:
+    """A server that crashed an hour ago leaves a registration and an inbox: the live servers delete them."""
+    import redis
+
+    observer = RedisBackend(redis_url)  # for its key names only
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/13")
+    try:
+        layout = observer.layout
+        client.hset(layout.servers, "ghost:1:dead", json.dumps({"ts": time.time() - 7200, "pid": 1}))
+        client.xadd(layout.inbox("ghost:1:dead"), {"id": "1", "s": "gone"})
+        server = shared()
+        assert poll(lambda: not client.hexists(layout.servers, "ghost:1:dead"))
+        assert not client.exists(layout.inbox("ghost:1:dead"))
+        assert client.hexists(layout.servers, server.grid.backend.status()["server"])  # the live one stays
+    finally:
+        client.close()
+        observer.close()
