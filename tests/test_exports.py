@@ -41,6 +41,7 @@ SERVICE_PACKAGES = {
         "default_client", "default_dir", "init", "server_credentials",
     },
     "info": {"InfoManager", "info_descriptor", "service_info"},
+    "statedir": {"StateDirBusy", "StateDirLock"},
     "testing": {
         "AsyncClientFactory", "AsyncServerFactory", "ClientFactory", "ServerFactory", "default_stubs",
         "rpc_client_factory", "rpc_dump_folder", "rpc_server_factory",
@@ -64,7 +65,7 @@ def test_internals_are_private() -> None:
     """Internals live in ``_private`` modules: the public-looking module names are the documented ones."""
     root = Path(grpc_helper.__file__).parent
     public = sorted(p.stem for p in root.glob("*.py") if not p.stem.startswith("_"))
-    assert public == ["client", "descriptor", "errors", "manager", "metadata", "server", "testing"]
+    assert public == ["client", "descriptor", "errors", "manager", "metadata", "server", "statedir", "testing"]
 
 
 def test_package_is_typed_and_has_stubs() -> None:

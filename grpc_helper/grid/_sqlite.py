@@ -17,7 +17,6 @@ a second server on the same directory is refused, naming the holder's pid.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 from grpc_helper.grid._commit import GroupCommit
 from grpc_helper.grid.model import TERMINAL, JobRecord, JobState
+from grpc_helper.statedir import StateDirLock
 
 DB_NAME = "grid.sqlite3"
 #: Seconds the writer lets records gather after the first one before it takes the pile (bench: 2 ms beats 0).
@@ -56,10 +56,6 @@ _UPDATE = (
 _DELETE = "DELETE FROM jobs WHERE id = ?"
 
 
-class StateDirBusy(Exception):
-    """Another grid server holds the state directory."""
-
-
 def default_state_dir() -> Path:
     """$GRPC_HELPER_GRID_DIR, else ~/.local/state/grpc-helper/grid."""
     env = os.environ.get("GRPC_HELPER_GRID_DIR")
@@ -75,25 +71,6 @@ def _row(job: JobRecord) -> _Row:
     )
 
 
-def _lock(directory: Path) -> int:
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise StateDirBusy(
-                f"state directory {directory} is in use by another grid server (pid {holder[:20]}); "
-                "stop it or choose another --state-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 class SqliteBackend(GroupCommit[tuple[dict[int, "_Row | None"], set[int]]]):
     """Durable backend in a state directory; see the module's docstring for what survives what."""
 
@@ -105,7 +82,8 @@ class SqliteBackend(GroupCommit[tuple[dict[int, "_Row | None"], set[int]]]):
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
-        self._lock_fd = _lock(self.state_dir)
+        self._lock = StateDirLock(self.state_dir, name=LOCK_NAME, holder="grid server")
+        self._lock.acquire()
         self.path = self.state_dir / DB_NAME
         db: sqlite3.Connection | None = None
         try:
@@ -120,7 +98,7 @@ class SqliteBackend(GroupCommit[tuple[dict[int, "_Row | None"], set[int]]]):
         except BaseException:
             if db is not None:
                 db.close()
-            os.close(self._lock_fd)
+            self._lock.release()
             raise
         self._pending: dict[int, _Row | None] = {}  # job id -> its latest row (None: delete it)
         self._new: set[int] = set()  # ids of the pending map not stored yet
@@ -232,9 +210,7 @@ class SqliteBackend(GroupCommit[tuple[dict[int, "_Row | None"], set[int]]]):
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        os.close(self._lock_fd)
+        self._lock.release()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grpc_helper.grid._backend import Backend, BackendUnavailable, MemoryBackend
-from grpc_helper.grid._sqlite import SqliteBackend, StateDirBusy, default_state_dir
+from grpc_helper.grid._sqlite import SqliteBackend, default_state_dir
+from grpc_helper.statedir import StateDirBusy
 
 if TYPE_CHECKING:
     from grpc_helper.grid._redis import RedisBackend

@@ -1,8 +1,8 @@
 """The state directory: private (0700, files 0600) and owned by one server at a time (an exclusive ``flock``).
 
 A second server on the same directory would take the first one's running jobs for leftovers of a crash and
-kill them; :meth:`StateDir.acquire` refuses instead, naming the holder's pid. The lock is an ``flock`` on
-``STATE_DIR/lock``: the kernel releases it when the holder dies, so a crash never leaves a stale lock behind.
+kill them; :meth:`StateDir.acquire` refuses instead, naming the holder's pid (the core's ``StateDirLock`` on
+``STATE_DIR/lock``: released by the kernel when the holder dies).
 
 ``STATE_DIR/reserve`` is ballast: space set aside while there is some, given back when the file system is
 full so that job records (their final status above all) can still be written.
@@ -10,20 +10,16 @@ full so that job records (their final status above all) can still be written.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 from pathlib import Path
 
 from grpc_helper.jobs.sandbox import make_private
+from grpc_helper.statedir import StateDirBusy, StateDirLock
+
+__all__ = ["LOCK_NAME", "RESERVE_NAME", "StateDir", "StateDirBusy"]
 
 LOCK_NAME = "lock"
 RESERVE_NAME = "reserve"
-
-
-class StateDirBusy(Exception):
-    """The state directory cannot be used: another process holds it (the message names it), or another user
-    owns it."""
 
 
 class StateDir:
@@ -32,7 +28,7 @@ class StateDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser().resolve()
         self.logs = self.path / "logs"
-        self._fd = -1
+        self._lock = StateDirLock(self.path, name=LOCK_NAME, holder="jobs server")
 
     def acquire(self) -> None:
         """Create the directories (0700; existing ones are made private; one owned by another user is refused),
@@ -42,36 +38,15 @@ class StateDir:
                 make_private(d)
             except PermissionError as e:  # owned by another user: they could open it again whatever its mode
                 raise StateDirBusy(f"state directory refused: {e.strerror}") from None
-        lock = self.path / LOCK_NAME
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise StateDirBusy(
-                    f"state directory {self.path} is in use by another jobs server (pid {holder[:20]}); "
-                    "stop it or choose another --state-dir"
-                ) from None
-            os.fchmod(fd, 0o600)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
+        self._lock.acquire()
 
     @property
     def held(self) -> bool:
-        return self._fd >= 0
+        return self._lock.held
 
     def release(self) -> None:
-        """Drop the lock (the pid stays in the file: harmless, the lock is what counts)."""
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
+        """Drop the lock."""
+        self._lock.release()
 
     def make_reserve(self, size: int) -> bool:
         """Set ``size`` bytes aside (False when there is not enough space)."""
