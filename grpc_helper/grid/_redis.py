@@ -198,7 +198,7 @@ class RedisBackend(GroupCommit[list[_Op]]):
             kind = op[0]
             if kind == "accept":
                 _, session, owner, key, jobs = op
-                args: list[Any] = [prefix, session, owner, me, layout.queue(key), ttl]
+                args: list[Any] = [prefix, session, owner, me, layout.queue(key), ttl, self._limits.max_identity_jobs]
                 for job_id, payload in jobs:
                     args += (job_id, payload)
                 accepts.append((len(pipe), op))
@@ -224,15 +224,22 @@ class RedisBackend(GroupCommit[list[_Op]]):
             scripts["COMPLETE"](args=[prefix, me, ttl, *completions[i : i + 5 * 1000]], client=pipe)
         results = pipe.execute()
         for index, op in accepts:
-            if results[index] == 0:  # the session id belongs to another identity on another server
-                _, session, owner, key, jobs = op
-                refused += [
-                    JobRecord(
-                        job_id, session, owner, key, None, 0, state=JobState.FAILED, rc=ResultCode.ERROR_PARAM_INVALID,
-                        error="session id in use by another identity on the grid: use another session",
-                    )
-                    for job_id, _ in jobs
-                ]
+            reply = results[index]
+            if reply == 1:
+                continue
+            _, session, owner, key, jobs = op
+            if reply == 0:  # the session id belongs to another identity on another server
+                error, rc = "session id in use by another identity on the grid: use another session", ResultCode.ERROR_PARAM_INVALID
+            else:
+                error = (
+                    f"identity quota: {owner[:64]!r} holds {-1 - reply} jobs on the grid, {len(jobs)} more exceed "
+                    f"max_identity_jobs={self._limits.max_identity_jobs} (collect results, then retry)"
+                )
+                rc = ResultCode.ERROR_RESOURCE_EXHAUSTED
+            refused += [
+                JobRecord(job_id, session, owner, key, None, 0, state=JobState.FAILED, rc=rc, error=error)
+                for job_id, _ in jobs
+            ]
         if refused and self._feed is not None:
             self._feed.remote_results(refused)
 

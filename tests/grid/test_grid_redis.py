@@ -18,7 +18,7 @@ from concurrent.futures import Future
 import pytest
 
 from grpc_helper import ResultCode, RpcException
-from grpc_helper.grid import GridClient, GridLimits
+from grpc_helper.grid import GridClient, GridLimits, JobError
 from grpc_helper.grid.backends import BackendUnavailable, RedisBackend, open_backend
 
 from .conftest import FAST, ROOT, WAIT, GridProcess, GridServer, JobStarted, poll, worker_env
@@ -218,3 +218,21 @@ def test_long_lost_servers_are_forgotten(redis_url: str, shared) -> None:
     finally:
         client.close()
         observer.close()
+
+
+def test_identity_quota_holds_across_the_grid(redis_url: str, grid_server_factory) -> None:
+    """max_identity_jobs counts an identity's jobs on every server: past it, jobs submitted on another server
+    come back failed with RESOURCE_EXHAUSTED at once."""
+    limits = GridLimits(max_identity_jobs=5, heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    a = grid_server_factory(limits, backend=open_backend(redis_url))
+    b = grid_server_factory(limits, backend=open_backend(redis_url))
+    with a.client("alice") as on_a, b.client("alice") as on_b, b.client("bob") as bob:
+        on_a.submit_batch("nobody", "1", [b"a"] * 4)  # held on A (no worker)
+        over = on_b.submit_batch("nobody", "1", [b"b"] * 2)  # B holds none of alice's jobs itself
+        for handle in over:
+            with pytest.raises(JobError) as info:
+                handle.result(WAIT)
+            assert info.value.rc == ResultCode.ERROR_RESOURCE_EXHAUSTED
+            assert "identity quota: 'alice' holds 4 jobs on the grid" in info.value.message
+        assert on_b.get_result(on_b.submit("nobody", "1", b"fits").job_id).state == 1  # 4 + 1: queued
+        assert bob.get_result(bob.submit_batch("nobody", "1", [b"x"] * 5)[0].job_id).state == 1  # bob's own quota
