@@ -207,22 +207,40 @@ def _redis_missing() -> str:
     return ""
 
 
+def _delete_keys(prefixes: list[str]) -> None:
+    import redis
+
+    client = redis.Redis(*REDIS_ADDRESS, db=REDIS_DB)
+    try:
+        for prefix in prefixes:
+            keys = list(client.scan_iter(f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def _redis_prefixes() -> Iterator[list[str]]:
+    """The key prefixes this test process used: deleted once more at its end, when every server is stopped
+    (a server stopping after its test's clean-up may have written a key again)."""
+    prefixes: list[str] = []
+    yield prefixes
+    if prefixes:
+        _delete_keys(prefixes)
+
+
 @pytest.fixture
-def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def redis_url(request: pytest.FixtureRequest, _redis_prefixes: list[str]) -> Iterator[str]:
     """A ``redis://`` URL of the suite's database with a key prefix of this test's own; skipped, saying why,
     without Redis. The test's keys are deleted at its end."""
     missing = _redis_missing()
     if missing:
         pytest.skip(f"Redis tests need Redis: {missing}")
-    import redis
-
     prefix = f"test-grid-{uuid.uuid4().hex[:12]}:"
+    _redis_prefixes.append(prefix)
     yield f"redis://{REDIS_ADDRESS[0]}:{REDIS_ADDRESS[1]}/{REDIS_DB}?prefix={prefix}"
-    client = redis.Redis(*REDIS_ADDRESS, db=REDIS_DB)
-    keys = list(client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    _delete_keys([prefix])
 
 
 def backend_option(name: str, request: pytest.FixtureRequest) -> dict[str, Any]:

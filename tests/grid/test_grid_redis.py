@@ -236,3 +236,24 @@ def test_identity_quota_holds_across_the_grid(redis_url: str, grid_server_factor
             assert "identity quota: 'alice' holds 4 jobs on the grid" in info.value.message
         assert on_b.get_result(on_b.submit("nobody", "1", b"fits").job_id).state == 1  # 4 + 1: queued
         assert bob.get_result(bob.submit_batch("nobody", "1", [b"x"] * 5)[0].job_id).state == 1  # bob's own quota
+
+
+def test_a_job_whose_servers_keep_dying_fails(processes, spawn_worker, job_started: JobStarted) -> None:
+    """A job running when its server is SIGKILLed is taken over elsewhere; the ``max_lost``-th (3rd) such loss
+    fails it, naming the cause, instead of taking server after server down with it."""
+    a, b = processes("--lease-ttl", "1"), processes("--lease-ttl", "1")
+    home = processes("--lease-ttl", "1")  # holds the client's session; no worker: takes no job
+    with GridClient(home.endpoint, timeout=WAIT) as client:
+        handle = client.submit("echo", "1", b"deadly")
+        for server in (a, b, a):  # the job starts on a worker of `server`, then the server dies with it
+            worker = spawn_worker("grid_handlers:signalled_hang", server=server, env=job_started.env)
+            job_started.wait()
+            server.kill()
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(WAIT)
+            server.start()
+        spawn_worker("grid_handlers:echo", server=b)  # b takes the job over: its 3rd lost server
+        with pytest.raises(JobError) as info:
+            handle.result(WAIT)
+    assert info.value.rc == ResultCode.ERROR_RPC
+    assert "the grid servers holding it were lost 3 times" in info.value.message
