@@ -24,8 +24,12 @@ A/B: ``--servers bare-aio,ours-aio,ours-aio-no-version,...`` compares any server
 variants removing one part of grpc-helper's per-call work in the benchmark's server process; ``--ref DIR`` adds
 ``ref:NAME`` servers run from another checkout (before/after).
 
+On a loaded machine, ``--instructions`` counts the instructions each server executes per call under valgrind
+(callgrind) instead: a count is not moved by other work, and it ranks the parts' costs when times cannot.
+
 Usage: python bench/core_overhead.py [--calls 2000] [--rounds 5] [--concurrency 32] [--only-cpu]
-       python bench/core_overhead.py --servers bare-aio,ours-aio,ours-aio-no-gate --rounds 20 --calls 500
+       python bench/core_overhead.py --servers bare-aio,ours-aio,ours-aio-no-gate --rounds 100 --calls 200
+       python bench/core_overhead.py --servers bare-aio,ours-aio --instructions --rounds 3 --calls 1000
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -179,6 +184,21 @@ def _no_wrap() -> None:
     HandlerTable.__init__ = init  # type: ignore[method-assign]
 
 
+@variant("registered")
+def _registered() -> None:
+    """The services' methods also registered with grpc.aio, as before the HandlerTable."""
+    from grpc_helper.aio import server as aio_server
+
+    registrar: Any = aio_server._Registrar
+    original = registrar.add_registered_method_handlers
+
+    def add(self: Any, service_name: str, method_handlers: Any) -> None:
+        original(self, service_name, method_handlers)
+        self._server.add_registered_method_handlers(service_name, method_handlers)
+
+    registrar.add_registered_method_handlers = add
+
+
 @variant("no-version")
 def _no_version() -> None:
     import grpc_helper._interceptors as interceptors
@@ -253,7 +273,7 @@ def serve(name: str) -> None:
 class Target:
     """A server process (``ref:NAME``: server NAME of the checkout given with ``--ref``, for before/after)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, wrapper: tuple[str, ...] = ()) -> None:
         self.name = name
         script, env = SERVE_SCRIPT[0], None
         if name.startswith("ref:"):
@@ -261,14 +281,15 @@ class Target:
             script = os.path.join(REF[0], "bench", os.path.basename(script))
             env = {**os.environ, "PYTHONPATH": REF[0]}
         self.proc = subprocess.Popen(
-            [sys.executable, script, "--serve", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+            [*wrapper, sys.executable, script, "--serve", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if wrapper else None, text=True, env=env,
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.process = psutil.Process(self.proc.pid)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.get = info_pb2_grpc.InfoServiceStub(self.channel).get
-        self.get(info_pb2.InfoFilter(), timeout=10)  # connected and warm
+        self.get(info_pb2.InfoFilter(), timeout=60)  # connected and warm
 
     def close(self) -> None:
         self.channel.close()
@@ -335,6 +356,35 @@ def throughput(target: Target, calls: int, concurrency: int) -> float:
     return per_thread * concurrency / (time.perf_counter() - start)
 
 
+CALLGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+
+
+def instructions(target: Target) -> int:
+    """Instructions the server (run under callgrind) executed so far, all threads."""
+    out = subprocess.run(["callgrind_control", "-e", "Ir", str(target.proc.pid)], check=True, capture_output=True,
+                         text=True).stdout
+    return sum(int(n.replace(",", "")) for n in re.findall(r"^\s*Th\s+\d+\s+([\d,]+)", out, re.MULTILINE))
+
+
+def instructions_per_call(names: list[str], rounds: int, calls: int) -> dict[str, list[float]]:
+    """Instructions per sequential call of each server run under valgrind (callgrind): a count, not a time, so
+    other work on the machine does not move it (its noise is the server's own timing-dependent work, ~1%)."""
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for name in names:
+            target = Target(name, CALLGRIND)
+            try:
+                for _ in range(200):
+                    target.get(REQUEST, metadata=METADATA, timeout=60)
+                before = instructions(target)
+                for _ in range(calls):
+                    target.get(REQUEST, metadata=METADATA, timeout=60)
+                samples[name].append((instructions(target) - before) / calls)
+            finally:
+                target.close()
+    return samples
+
+
 def sample(names: list[str], rounds: int, bench: Callable[[Target], float]) -> dict[str, list[float]]:
     """`rounds` measurements per server, alternating (every other round in reverse order, so that no server
     always follows the same one)."""
@@ -369,6 +419,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--only-cpu", action="store_true", help="only the server CPU per call figures")
+    parser.add_argument("--instructions", action="store_true", help="with --servers: instructions per call under "
+                        "valgrind (callgrind) instead of CPU time: deterministic, slow (start with --calls 1000 --rounds 3)")
     parser.add_argument("--ref", default="", help="another checkout (with generated code) for ref:NAME servers")
     args = parser.parse_args()
     REF[0] = os.path.abspath(args.ref) if args.ref else ""
@@ -376,6 +428,16 @@ def main() -> None:
         serve(args.serve)
         return
     names = [*SERVERS, *AIO_SERVERS] if not args.only_cpu else ["bare-aio", "ours-aio", "bare", "ours"]
+    if args.servers and args.instructions:
+        names = args.servers.split(",")
+        counts = instructions_per_call(names, args.rounds, args.calls)
+        base = names[0]
+        print(f"server instructions per call (valgrind), median of {args.rounds} runs of {args.calls} calls; ratio to {base}")
+        for n in names:
+            mine, ref = statistics.median(counts[n]), statistics.median(counts[base])
+            print(f"{n:<44} {mine / 1e3:7.1f} k  {mine / ref:.3f} ({(mine - ref) / 1e3:+6.1f} k)   runs: "
+                  + ", ".join(f"{c / 1e3:.1f}" for c in counts[n]))
+        return
     if args.servers:
         names = args.servers.split(",")
         samples = sample(names, args.rounds, lambda t: cpu_per_call(t, args.calls))
@@ -386,6 +448,18 @@ def main() -> None:
             mine, ref = statistics.median(samples[n]), statistics.median(samples[base])
             print(f"{n:<44} {mine * 1e6:7.1f} us  {mine / ref:.3f} ({(mine - ref) * 1e6:+6.1f} us)  "
                   f"paired {paired(samples, n, base):.3f}")
+        groups: dict[str, list[str]] = {}
+        for n in names:  # NAME#2, NAME#3...: more processes of the same server (each process runs a little
+            groups.setdefault(n.partition("#")[0], []).append(n)  # faster or slower than another: average them)
+        if any(len(members) > 1 for members in groups.values()):
+            print("per server, over its processes (each round: the mean of its processes):")
+            means = {g: [statistics.mean(r) for r in zip(*(samples[m] for m in members), strict=True)]
+                     for g, members in groups.items()}
+            first = next(iter(means))
+            for g in means:
+                mine, ref = statistics.median(means[g]), statistics.median(means[first])
+                print(f"{g:<44} {mine * 1e6:7.1f} us  {mine / ref:.3f} ({(mine - ref) * 1e6:+6.1f} us)  "
+                      f"paired {paired(means, g, first):.3f}")
         return
     if args.only_cpu:
         samples = sample(names, args.rounds, lambda t: cpu_per_call(t, args.calls))
