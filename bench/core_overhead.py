@@ -275,6 +275,7 @@ class Target:
 
     def __init__(self, name: str, wrapper: tuple[str, ...] = ()) -> None:
         self.name = name
+        name = name.partition("#")[0]  # NAME#2: a second process of server NAME
         script, env = SERVE_SCRIPT[0], None
         if name.startswith("ref:"):
             name = name.removeprefix("ref:")
