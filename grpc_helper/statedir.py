@@ -13,8 +13,8 @@ holds the directory::
     except StateDirBusy as e:
         sys.exit(f"error: {e}")  # "state directory /var/lib/myservice is in use by another myservice server
                                  #  (pid 1234); stop it or choose another --state-dir"
-    ...
-    lock.release()  # or: with StateDirLock(...): ...
+    serve()
+    lock.release()  # or: with StateDirLock(...): serve()
 """
 
 from __future__ import annotations

@@ -37,29 +37,25 @@ class Feed(Protocol):
     """What a shared backend calls on its scheduler (from its own threads)."""
 
     @property
-    def limits(self) -> GridLimits: ...
+    def limits(self) -> GridLimits:
+        """The grid's limits (leases, quotas, time-to-live of the records)."""
 
     def status(self) -> dict[str, Any]:
         """This server's status (published for ``grid_status``)."""
-        ...
 
     def local_sessions(self) -> list[str]:
         """The sessions this server holds (the backend keeps their records alive)."""
-        ...
 
     def demand(self) -> dict[Key, int]:
         """Jobs this server's workers have room for, per queue (room left after the local queue)."""
-        ...
 
     def leased(self, jobs: Sequence[JobRecord]) -> list[int]:
         """Jobs taken from the shared queue for this server's workers; returns the ids it refuses (it has
         completed or cancelled them, or it is closed): the backend gives those up."""
-        ...
 
     def remote_results(self, jobs: Sequence[JobRecord]) -> None:
         """Completed jobs of this server's sessions (state, data, error, rc, attempts set), stored by another
         server (or refused by the backend)."""
-        ...
 
 
 class BackendUnavailable(Exception):

@@ -10,65 +10,38 @@ server's workers, through the ``Feed`` methods (``demand``, ``leased``, ``remote
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from grpc_helper import ResultCode
-from grpc_helper.grid._admission import Admission
-from grpc_helper.grid._backend import Backend, MemoryBackend
-from grpc_helper.grid._delivery import Delivery
-from grpc_helper.grid._dispatch import Dispatcher
+from grpc_helper.grid._backend import Backend
+from grpc_helper.grid._scheduler_core import COUNTERS, UNKNOWN_JOB
+from grpc_helper.grid._shared_feed import SharedFeed
 from grpc_helper.grid._status import grid_status
 from grpc_helper.grid.config import GridLimits
 from grpc_helper.grid.model import (
     TERMINAL,
     GridClosedError,
     GridParamError,
-    GridUnknownError,
     JobRecord,
     JobState,
     JobView,
     Key,
-    Session,
     Worker,
     WorkerOutput,
     WorkerResult,
     WorkerState,
 )
 
-COUNTERS = (
-    "submitted",
-    "done",
-    "failed",
-    "cancelled",
-    "retried",
-    "requeued",
-    "returned",
-    "duplicates",
-    "refused",
-    "rejected",
-    "delivered",
-    "expired_results",
-    "expired_sessions",
-    "unknown_reported",
-    "workers_registered",
-    "workers_lost",
-    "recovered",
-)
-
-UNKNOWN_JOB = "job {} is unknown to the server (it restarted, or the result expired): resubmit"
+__all__ = ["COUNTERS", "UNKNOWN_JOB", "Scheduler"]
 
 
-def _first_job_id() -> int:
-    # Ids keep growing across restarts (microseconds since the epoch): a client never mistakes a new job for
-    # one it submitted to the previous server process.
-    return time.time_ns() // 1000
+class Scheduler(SharedFeed):
+    """All grid state. Thread-safe; every public method takes the lock and returns at once.
 
-
-class Scheduler:
-    """All grid state. Thread-safe; every public method takes the lock and returns at once."""
+    The state and the internals the roles share are in ``_scheduler_core``; what a shared backend calls, in
+    ``_shared_feed``; the client, worker, reaper and controller roles here."""
 
     def __init__(
         self,
@@ -77,38 +50,8 @@ class Scheduler:
         backend: Backend | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.limits = limits or GridLimits()
-        self.backend = backend or MemoryBackend()
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._next_id = _first_job_id()
-        self._jobs: dict[int, JobRecord] = {}
-        self._closed = False
-        self._last_reap: float | None = None
-        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self._admission = Admission(self.limits)
-        self._delivery = Delivery(self.limits, self._jobs)
-        self._dispatch = Dispatcher(
-            self.limits, self._jobs, self.counters, self._finish, self.backend.updated,
-            self.backend.wanted if self.backend.shared else None,
-        )
-        self._recover()
-        self.backend.attach(self)
-
-    def _recover(self) -> None:
-        """Take back what the backend kept from the previous process: queued jobs run (again), results wait."""
-        now = self._clock()
-        recovered = self.backend.recover()
-        for job in recovered:
-            session = self._delivery.session(job.session, job.owner, now, create=True)
-            self._jobs[job.id] = job
-            self._admission.hold(session, job)
-            if job.state in TERMINAL:
-                self._delivery.completed(job, now)
-            else:
-                self._dispatch.enqueue(job)
-            self._next_id = max(self._next_id, job.id + 1)
-        self.counters["recovered"] = len(recovered)
+        super().__init__(limits, backend=backend, clock=clock)
+        self.backend.attach(self)  # a shared backend starts feeding this server's workers
 
     # ---- life cycle ----
 
@@ -182,13 +125,6 @@ class Scheduler:
             self._dispatch.dispatch(key)
             return ids
 
-    def _new_ids(self, count: int) -> range:
-        ids = self.backend.job_ids(count)
-        if ids is None:
-            ids = range(self._next_id, self._next_id + count)
-            self._next_id += count
-        return ids
-
     def get_result(self, job_id: int, session_id: str, owner: str) -> JobView:
         """State of a job of the caller's session (its result when completed); not an acknowledgement."""
         with self._lock:
@@ -221,32 +157,6 @@ class Scheduler:
             token = self._delivery.open_stream(session)
             session.wake = wake
             return token, self._unknown(session, waiting)
-
-    def adopt(self, session_id: str, owner: str, jobs: Sequence[JobRecord], waiting: Iterable[int]) -> list[JobView]:
-        """The held jobs of a session whose stream opened here, from a shared backend (``Backend.adopt``, called
-        after ``open_stream``): merged into the session; returns the views of the ``waiting`` jobs still unknown."""
-        with self._lock:
-            session = self._delivery.session(session_id, owner, self._clock(), create=True)
-            now = self._clock()
-            for job in jobs:
-                mine = self._jobs.get(job.id)
-                if mine is None:
-                    self._jobs[job.id] = job
-                    self._admission.hold(session, job)
-                    if job.state in TERMINAL:
-                        self._delivery.completed(job, now)
-                elif mine.session == session.id and mine.id not in session.jobs:
-                    self._admission.hold(session, mine)  # leased here for this server's workers: now held too
-            return self._unknown(session, waiting)
-
-    def _unknown(self, session: Session, waiting: Iterable[int]) -> list[JobView]:
-        unknown = [
-            JobView(job_id, JobState.FAILED, error=UNKNOWN_JOB.format(job_id), rc=ResultCode.ERROR_ITEM_UNKNOWN)
-            for job_id in waiting
-            if job_id not in session.jobs and job_id not in self._delivery.retained
-        ]
-        self.counters["unknown_reported"] += len(unknown)
-        return unknown
 
     def close_stream(self, session_id: str, token: int) -> None:
         with self._lock:
@@ -415,56 +325,6 @@ class Scheduler:
         limits = self.limits
         return max(0.01, min(limits.heartbeat_timeout / 4, limits.result_ttl / 4, limits.session_ttl / 4, 1.0))
 
-    # ---- shared backend's feed (see ``_backend.Feed``) ----
-
-    def local_sessions(self) -> list[str]:
-        with self._lock:
-            return list(self._delivery.sessions)
-
-    def demand(self) -> dict[Key, int]:
-        with self._lock:
-            return {} if self._closed else self._dispatch.demand()
-
-    def leased(self, jobs: Sequence[JobRecord]) -> list[int]:
-        refused = []
-        with self._lock:
-            keys = set()
-            for job in jobs:
-                mine = self._jobs.get(job.id)
-                if self._closed or (mine is not None and mine.state != JobState.QUEUED):
-                    refused.append(job.id)  # completed or cancelled here meanwhile (or this server is closing)
-                    continue
-                if mine is not None:  # a job of this server's session: it waited as a placeholder
-                    mine.payload, mine.attempts, mine.failures, mine.losses, mine.suspect = (
-                        job.payload, job.attempts, job.failures, job.losses, job.suspect
-                    )
-                    job = mine
-                else:
-                    self._jobs[job.id] = job
-                self._dispatch.enqueue(job)
-                keys.add(job.key)
-            for key in keys:
-                self._dispatch.dispatch(key)
-        return refused
-
-    def remote_results(self, jobs: Sequence[JobRecord]) -> None:
-        with self._lock:
-            for done in jobs:
-                job = self._jobs.get(done.id)
-                if job is None:
-                    session = self._delivery.sessions.get(done.session)
-                    if session is None:
-                        continue  # not a session of this server (any more)
-                    # A session arriving here (``adopt``) whose job another server completed meanwhile.
-                    job = JobRecord(done.id, session.id, session.owner, done.key, None, 0)
-                    self._jobs[job.id] = job
-                    self._admission.hold(session, job)
-                elif job.state in TERMINAL:
-                    continue  # completed here first
-                job.attempts = max(job.attempts, done.attempts)
-                self._dispatch.withdraw(job)
-                self._finish(job, done.state, done.data, done.error, done.rc, store=False)
-
     # ---- controller role ----
 
     def status(self) -> dict[str, Any]:
@@ -475,59 +335,3 @@ class Scheduler:
             status["backend"] = self.backend.status()
             return status
 
-    # ---- internals (lock held) ----
-
-    def _job(self, job_id: int, session_id: str, owner: str) -> JobRecord:
-        if not session_id:
-            raise GridParamError("session is required")
-        job = self._jobs.get(job_id)
-        if job is None or job.session != session_id or job.owner != owner:
-            raise GridUnknownError(f"unknown job {job_id} (not submitted by this session, or its result was dropped)")
-        session = self._delivery.sessions.get(session_id)
-        if session is not None:
-            session.last_active = self._clock()
-        return job
-
-    def _end_session(self, session: Session) -> int:
-        cancelled = 0
-        self.backend.session_ended(session.id, [job for i in session.jobs if (job := self._jobs.get(i)) is not None])
-        for job_id in list(session.jobs):
-            job = self._jobs.get(job_id)
-            if job is None:
-                continue
-            if job.state not in TERMINAL:
-                self._dispatch.withdraw(job)
-                job.state = JobState.CANCELLED
-                job.worker = None
-                self.counters["cancelled"] += 1
-                cancelled += 1
-            self._admission.release(session, job)
-            self._delivery.drop(session, job)
-        session.outbox.clear()
-        session.sent.clear()
-        session.wake()
-        session.stream = 0
-        self._delivery.sessions.pop(session.id, None)
-        return cancelled
-
-    def _finish(
-        self, job: JobRecord, state: JobState, data: bytes, error: str, rc: int, *, store: bool = True
-    ) -> None:
-        job.state = state
-        job.worker = None
-        job.payload = None
-        job.data = data
-        job.error = error
-        job.rc = rc
-        self.counters[{JobState.DONE: "done", JobState.FAILED: "failed"}.get(state, "cancelled")] += 1
-        if store:
-            self.backend.updated(job)
-        session = self._delivery.sessions.get(job.session)
-        if session is None or session.owner != job.owner:
-            # Another server's session (shared backend): the result is stored; nothing of it stays here.
-            self._jobs.pop(job.id, None)
-            return
-        if job.id not in session.jobs:
-            self._admission.hold(session, job)  # a job leased here whose session just arrived (``adopt``)
-        self._admission.resize(session, job, len(data))
-        self._delivery.completed(job, self._clock())
