@@ -198,7 +198,11 @@ class RedisBackend(GroupCommit[list[_Op]]):
             kind = op[0]
             if kind == "accept":
                 _, session, owner, key, jobs = op
-                args: list[Any] = [prefix, session, owner, me, layout.queue(key), ttl, self._limits.max_identity_jobs]
+                limits = self._limits
+                args: list[Any] = [
+                    prefix, session, owner, me, layout.queue(key), ttl, limits.max_identity_jobs,
+                    limits.max_identity_sessions,
+                ]
                 for job_id, payload in jobs:
                     args += (job_id, payload)
                 accepts.append((len(pipe), op))
@@ -224,16 +228,23 @@ class RedisBackend(GroupCommit[list[_Op]]):
             scripts["COMPLETE"](args=[prefix, me, ttl, *completions[i : i + 5 * 1000]], client=pipe)
         results = pipe.execute()
         for index, op in accepts:
-            reply = results[index]
-            if reply == 1:
+            code, *count = results[index]
+            if code == 1:
                 continue
             _, session, owner, key, jobs = op
-            if reply == 0:  # the session id belongs to another identity on another server
+            held = count[0] if count else 0
+            if code == 0:  # the session id belongs to another identity on another server
                 error, rc = "session id in use by another identity on the grid: use another session", ResultCode.ERROR_PARAM_INVALID
+            elif code == 2:
+                error = (
+                    f"identity quota: {owner[:64]!r} holds {held} jobs on the grid, {len(jobs)} more exceed "
+                    f"max_identity_jobs={self._limits.max_identity_jobs} (collect results, then retry)"
+                )
+                rc = ResultCode.ERROR_RESOURCE_EXHAUSTED
             else:
                 error = (
-                    f"identity quota: {owner[:64]!r} holds {-1 - reply} jobs on the grid, {len(jobs)} more exceed "
-                    f"max_identity_jobs={self._limits.max_identity_jobs} (collect results, then retry)"
+                    f"identity quota: {owner[:64]!r} has {held} sessions holding jobs on the grid, one more exceeds "
+                    f"max_identity_sessions={self._limits.max_identity_sessions} (collect results, then retry)"
                 )
                 rc = ResultCode.ERROR_RESOURCE_EXHAUSTED
             refused += [

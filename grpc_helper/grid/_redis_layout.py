@@ -90,34 +90,42 @@ local function split(m)
 end
 """
 
-#: ARGV: prefix, session, owner, home, queue, ttl, max_identity_jobs, then (id, payload) pairs. Returns 1, or 0
-#: for another identity's session, or -1 - N when the owner's sessions hold N jobs on the whole grid and these
-#: would exceed max_identity_jobs (the owner's sessions are the set ``P id:<owner>``; empty ones leave it).
+#: ARGV: prefix, session, owner, home, queue, ttl, max_identity_jobs, max_identity_sessions, then (id, payload)
+#: pairs. Returns {1} (stored), {0} (another identity's session), {2, N} (the owner's sessions hold N jobs on the
+#: whole grid: these would exceed max_identity_jobs) or {3, N} (the owner has N other sessions holding jobs: one
+#: more exceeds max_identity_sessions). The owner's sessions are the set ``P id:<owner>`` (empty ones leave it).
 #: Every script is idempotent: a pile whose pipeline failed half-way is stored again whole.
 ACCEPT = """
 local P, sess, owner, home, q, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local s, sj = P .. 's:' .. sess, P .. 'sj:' .. sess
 local cur = redis.call('HGET', s, 'owner')
-if cur and cur ~= owner then return 0 end
+if cur and cur ~= owner then return {0} end
 if owner ~= '' then
   local mine = P .. 'id:' .. owner
-  local held, new = 0, 0
-  for _, other in ipairs(redis.call('SMEMBERS', mine)) do
+  local held, new, others = 0, 0, 0
+  for _, other in ipairs(redis.call('SMEMBERS', mine)) do  -- at most max_identity_sessions + 1 members
     local n = redis.call('HLEN', P .. 'sj:' .. other)
-    if n == 0 and other ~= sess then redis.call('SREM', mine, other) end
+    if n == 0 and other ~= sess then
+      redis.call('SREM', mine, other)
+    elseif other ~= sess then
+      others = others + 1
+    end
     held = held + n
   end
-  for i = 8, #ARGV, 2 do
+  for i = 9, #ARGV, 2 do
     if redis.call('HEXISTS', sj, ARGV[i]) == 0 then new = new + 1 end
   end
-  if new > 0 and held + new > tonumber(ARGV[7]) then return -1 - held end
+  if new > 0 and redis.call('SISMEMBER', mine, sess) == 0 and others >= tonumber(ARGV[8]) then
+    return {3, others}
+  end
+  if new > 0 and held + new > tonumber(ARGV[7]) then return {2, held} end
   redis.call('SADD', mine, sess)
   redis.call('EXPIRE', mine, ttl)
 end
 redis.call('HSET', s, 'owner', owner, 'home', home)
 redis.call('SADD', P .. 'queues', q)
 redis.pcall('XGROUP', 'CREATE', q, 'workers', '0', 'MKSTREAM')
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   if redis.call('HEXISTS', sj, ARGV[i]) == 0 then  -- a pile stored again after an error adds nothing twice
     local eid = redis.call('XADD', q, '*', 'id', ARGV[i], 's', sess, 'o', owner, 'p', ARGV[i + 1])
     redis.call('HSET', sj, ARGV[i], eid .. ' ' .. q)
@@ -125,7 +133,7 @@ for i = 8, #ARGV, 2 do
 end
 redis.call('EXPIRE', s, ttl)
 redis.call('EXPIRE', sj, ttl)
-return 1
+return {1}
 """
 
 #: ARGV: prefix, this server, ttl, then per job: session, id, packed result, entry id held here, its queue ('' if

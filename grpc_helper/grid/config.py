@@ -17,6 +17,8 @@ class GridLimits:
     max_jobs: jobs held by the server (queued + running + completed but not yet acknowledged), all sessions.
     max_session_jobs / max_session_bytes: the same, per client session: one careless client never blocks another.
     max_identity_jobs: the same, per authenticated identity (all its sessions; anonymous sessions: per session).
+    max_identity_sessions: shared backend (Redis) only: sessions holding jobs per authenticated identity on the
+        whole grid (bounds the work of counting an identity's jobs at each submit).
     max_payload_bytes: largest job payload or result accepted; the server's gRPC message limit follows it.
     max_bytes: payload and unacknowledged result bytes held by the server, all sessions.
     max_batch: most jobs in one submit call.
@@ -39,6 +41,7 @@ class GridLimits:
     max_session_jobs: int = 20_000
     max_session_bytes: int = 64 * 1024 * 1024
     max_identity_jobs: int = 50_000
+    max_identity_sessions: int = 1_000
     max_payload_bytes: int = 1024 * 1024
     max_bytes: int = 256 * 1024 * 1024
     max_batch: int = 10_000

@@ -222,8 +222,9 @@ def test_long_lost_servers_are_forgotten(redis_url: str, shared) -> None:
 
 def test_identity_quota_holds_across_the_grid(redis_url: str, grid_server_factory) -> None:
     """max_identity_jobs counts an identity's jobs on every server: past it, jobs submitted on another server
-    come back failed with RESOURCE_EXHAUSTED at once."""
-    limits = GridLimits(max_identity_jobs=5, heartbeat_interval=0.2, heartbeat_timeout=1.0)
+    come back failed with RESOURCE_EXHAUSTED at once; so do those of a session past max_identity_sessions (which
+    bounds the work of that count: a flood of sessions can't make every submit slow for everyone)."""
+    limits = GridLimits(max_identity_jobs=5, max_identity_sessions=2, heartbeat_interval=0.2, heartbeat_timeout=1.0)
     a = grid_server_factory(limits, backend=open_backend(redis_url))
     b = grid_server_factory(limits, backend=open_backend(redis_url))
     with a.client("alice") as on_a, b.client("alice") as on_b, b.client("bob") as bob:
@@ -236,6 +237,11 @@ def test_identity_quota_holds_across_the_grid(redis_url: str, grid_server_factor
             assert "identity quota: 'alice' holds 4 jobs on the grid" in info.value.message
         assert on_b.get_result(on_b.submit("nobody", "1", b"fits").job_id).state == 1  # 4 + 1: queued
         assert bob.get_result(bob.submit_batch("nobody", "1", [b"x"] * 5)[0].job_id).state == 1  # bob's own quota
+        # A third session of alice's holding jobs: past max_identity_sessions.
+        with b.client("alice") as third, pytest.raises(JobError) as many:
+            third.submit("nobody", "1", b"c").result(WAIT)
+        assert many.value.rc == ResultCode.ERROR_RESOURCE_EXHAUSTED
+        assert "'alice' has 2 sessions holding jobs on the grid" in many.value.message
 
 
 def test_a_job_whose_servers_keep_dying_fails(processes, spawn_worker, job_started: JobStarted) -> None:
