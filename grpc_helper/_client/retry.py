@@ -21,7 +21,10 @@ from grpc_helper.errors import RpcException, carries_result, from_rpc_error
 _HANDSHAKE_FAILED = "handshake failed"
 #: How grpc words a connection the server closed; over TLS, during the handshake: our certificate was refused.
 _SOCKET_CLOSED = "socket closed"
-#: Closed TLS connections in a row taken as a refused client certificate rather than an outage.
+#: How grpc words an address where nothing listens ("localhost" is tried as ::1 and 127.0.0.1 in turn: a server on
+#: one of them is reported refused on the other, between its closed connections).
+_REFUSED = "connection refused"
+#: Closed TLS connections in a row (refused addresses aside) taken as a refused client certificate, not an outage.
 MAX_CLOSED_HANDSHAKES = 3
 
 
@@ -103,7 +106,10 @@ class CallPlan:
         if _HANDSHAKE_FAILED in lowered:
             raise RpcException(f"TLS with {self._target} failed (a certificate problem: not retried): {details}",
                                ResultCode.ERROR_RPC)
-        self._closed_handshakes = self._closed_handshakes + 1 if _SOCKET_CLOSED in lowered else 0
+        if _SOCKET_CLOSED in lowered:
+            self._closed_handshakes += 1
+        elif _REFUSED not in lowered:
+            self._closed_handshakes = 0
         if self._closed_handshakes >= MAX_CLOSED_HANDSHAKES:
             raise RpcException(
                 f"TLS with {self._target}: handshake failed: the server closed the connection "
